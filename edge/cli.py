@@ -1,0 +1,130 @@
+"""The `heartsound` command: one entry point for the host and the device.
+
+Each subcommand lives in the package that owns its work and exposes
+``add_arguments(parser)`` and ``run(args) -> int``. Those modules import nothing heavy
+at the top, so that ``heartsound --help`` and ``heartsound screen`` on a Raspberry Pi
+never load TensorFlow; the heavy imports happen inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from edge.errors import HeartsoundError
+
+# name -> (module holding add_arguments/run, one-line help, longer description)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "screen": (
+        "edge.commands.screen",
+        "screen a recording (WAV file or microphone) on this device",
+        "Classify a heart-sound recording as normal, abnormal or unsure with the int8 "
+        "model, fully offline. Runs on a Raspberry Pi with numpy and one TFLite "
+        "interpreter.",
+    ),
+    "bench": (
+        "edge.commands.bench",
+        "measure front-end and model latency on this device",
+        "Time the fixed-point front end, the interpreter and a whole analysis window, "
+        "like TFLite's benchmark_model.",
+    ),
+    "history": (
+        "edge.commands.history",
+        "list or export the offline screening log",
+        "Show past screenings stored in the local SQLite log, or export them as CSV.",
+    ),
+    "data": (
+        "train.commands.data",
+        "list the recordings found, or download the PhysioNet 2016 archive",
+        "Inspect the data folders that training reads (--data or HEARTSOUND_DATA), or "
+        "fetch the public PhysioNet/CinC 2016 training archive (resumable, checksummed).",
+    ),
+    "train": (
+        "train.commands.train",
+        "train a model on real recordings (host; needs the 'train' extra)",
+        "Train a CNN, RNN or CNN+RNN model on the fixed-point features of real heart "
+        "sounds and evaluate it by patient and by database.",
+    ),
+    "convert": (
+        "convert.commands.convert",
+        "convert a trained model to full-integer int8 TFLite (host)",
+        "Quantise a Keras model to int8 and write the front-end spec, class names and "
+        "threshold into the .tflite file's metadata.",
+    ),
+    "verify": (
+        "convert.commands.verify",
+        "check that the int8 model matches the float one and TFLite Micro (host)",
+        "Compare the float Keras model, the int8 model under LiteRT and under the TFLite "
+        "Micro interpreter on real validation and test recordings.",
+    ),
+    "firmware": (
+        "firmware_bridge.commands.firmware",
+        "export C sources for a microcontroller, or screen over a serial link",
+        "Export the model and front end as C for TFLite Micro, or talk to a device that "
+        "runs them over the framed serial protocol.",
+    ),
+    "deploy": (
+        "edge.commands.deploy",
+        "install the runtime and model on a Raspberry Pi over SSH",
+        "Build a bundle, upload it, verify it, smoke-test it and switch to it atomically, "
+        "keeping the previous version for rollback.",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full parser; each command module adds its own options."""
+    parser = argparse.ArgumentParser(
+        prog="heartsound",
+        description="Heart-sound screening at the edge: train, convert, verify, and screen "
+        "offline on a Raspberry Pi or a microcontroller.",
+        epilog="Run 'heartsound COMMAND --help' for the options of one command. "
+        "Exit codes: 0 result, 1 failure, 2 usage, 3 bad audio, 4 bad model, 5 bad data, "
+        "6 bad feature spec, 7 device problem, 8 download problem.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, short, description) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=short, description=description)
+        module = _command_module(module_name)
+        if module is None:
+            cmd.set_defaults(_module=None, _module_name=module_name)
+            continue
+        module.add_arguments(cmd)
+        cmd.set_defaults(_module=module)
+    return parser
+
+
+def _command_module(module_name: str):
+    """Import a command module, or None when a later release still has to add it."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    if args._module is None:
+        print(
+            f"heartsound: '{args.command}' is not part of this version yet; "
+            "see the README for what it will do",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        return int(args._module.run(args) or 0)
+    except HeartsoundError as exc:
+        print(f"heartsound: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("heartsound: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

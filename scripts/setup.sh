@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine (as root, or with sudo) for heartsound: the system
+# packages the tests and firmware builds need, then the project with every extra.
+# Idempotent: a second run installs nothing new. A Raspberry Pi needs none of this:
+# it installs the wheel with the `edge` extra only (see README, "On the device").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib  # Cortex-M4 builds
+  qemu-system-arm              # emulated Cortex-M4 (mps2-an386)
+  openssh-server               # real SSH server on 127.0.0.1 for deployment tests
+  portaudio19-dev libasound2-plugins  # PyAudio against an ALSA file capture device
+  gcc make cmake               # host builds of the C front end and the TFLM app
+)
+
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+PYTHON=${PYTHON:-python3}
+echo "setup: installing heartsound with all extras into $($PYTHON -c 'import sys; print(sys.prefix)')"
+$PYTHON -m pip install -q --disable-pip-version-check -e ".[edge,mic,train,deploy,serial,dev]"

@@ -1,0 +1,55 @@
+"""The `heartsound` console command as a user meets it: help, exit codes, light imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edge.cli import COMMANDS, build_parser
+
+HEAVY = ("tensorflow", "keras", "tf_keras", "scipy")
+
+
+def _heartsound(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_help_lists_every_subcommand():
+    result = _heartsound("--help")
+    assert result.returncode == 0
+    for name in ("screen", "bench", "train", "convert", "verify", "firmware", "deploy",
+                 "history"):
+        assert name in COMMANDS
+        assert f"    {name}" in result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_subcommand_has_help(name):
+    result = _heartsound(name, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: heartsound " + name)
+    assert COMMANDS[name][2].split()[0] in result.stdout
+
+
+def test_unknown_command_is_a_usage_error():
+    result = _heartsound("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+def test_building_the_parser_imports_nothing_heavy():
+    code = (
+        "import sys; from edge.cli import build_parser; build_parser(); "
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_parser_is_buildable_in_process():
+    assert build_parser().prog == "heartsound"
