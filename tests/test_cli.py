@@ -53,3 +53,18 @@ def test_building_the_parser_imports_nothing_heavy():
 
 def test_parser_is_buildable_in_process():
     assert build_parser().prog == "heartsound"
+
+
+def test_data_list_counts_every_source(data_root):
+    result = _heartsound("data", "list", "--data", str(data_root / "pascal"),
+                         "--data", str(data_root / "physionet2016"))
+    assert result.returncode == 0, result.stderr
+    for source in ("pascal-a", "pascal-b", "physionet-a", "physionet-b", "physionet-d"):
+        assert source in result.stdout
+
+
+def test_missing_data_folder_is_one_line_with_data_exit_code(tmp_path):
+    result = _heartsound("data", "list", "--data", str(tmp_path / "nowhere"))
+    assert result.returncode == 5
+    assert result.stderr.count("\n") == 1 and "nowhere" in result.stderr
+    assert "Traceback" not in result.stderr
