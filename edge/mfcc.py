@@ -1,0 +1,232 @@
+"""Fixed-point MFCC: int16 PCM to int16 cepstra with integer arithmetic only.
+
+This is THE front end: training computes its features here and the device runs the same
+bits (``firmware_bridge/c/hs_mfcc.c`` is a line-by-line twin). Per frame:
+
+1. pre-emphasis y = x[n] - a x[n-1]             int32, y * 2^15 (Q15 of int16 units)
+2. Hann window (Q30)                             int64, y * w * 2^(15+window_q)  (< 2^61)
+3. block floating point: shift the frame by s so its peak is < 2^fft_in_bits (23 for a
+   128-point FFT); s is the frame's exponent. No per-stage FFT scaling is needed because a
+   radix-2 FFT grows a component at most 2x per stage: every value stays < 2^30.
+4. radix-2 decimation-in-time FFT, Q30 twiddles, rounded products   int32 values < 2^30
+5. power re^2 + im^2 (< 2^61), then a second block exponent s_p so the frame's peak bin is
+   < 2^power_bits (bins needed by the mel sums stay below 2^62)
+6. mel sums with Q(mel_q) weights                                          int64 < 2^62
+7. log2: leading-zero count + 129-entry table, plus the exponents      Q(log_q) int32
+8. orthonormal DCT-II with Q(dct_q) weights                       int64, Q(dct_q+log_q)
+9. round and saturate to int16 with out_frac_bits fraction bits          Q8.7 by default
+
+Frames: frame i covers samples [i*hop, i*hop + frame_length); audio shorter than one frame
+gives 0 frames (an empty (0, n_ceps) array), not an error. Digital silence gives every band
+the log floor, so all-zero input is finite and defined. Full-scale input cannot overflow
+(bounds above).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge.errors import AudioError
+from edge.fixed_point import bit_length, log2_q, round_shift, saturate
+from edge.spec import DEFAULT_SPEC, FeatureSpec
+from edge.tables import (
+    LOG_TABLE_BITS,
+    LOG_TABLE_Q,
+    PREEMPH_IN_Q,
+    TWIDDLE_Q,
+    FrontEndTables,
+    tables_for,
+)
+
+INT16_MIN, INT16_MAX = -32768, 32767
+
+
+def check_pcm(pcm: np.ndarray, what: str = "audio") -> np.ndarray:
+    """The samples as a 1-D int16 array (subclasses kept), or AudioError saying why not."""
+    arr = np.asanyarray(pcm)
+    if arr.dtype != np.int16:
+        raise AudioError(f"{what}: samples are {arr.dtype}, the front end takes int16 PCM; "
+                         "read the file with edge.audio.read_wav")
+    if arr.ndim != 1:
+        raise AudioError(f"{what}: samples have shape {arr.shape}, expected one channel "
+                         "(1-D); mix to mono first")
+    return arr
+
+
+def mfcc(pcm: np.ndarray, spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray:
+    """(n_frames, n_ceps) int16 cepstra of int16 PCM at spec.sample_rate_hz.
+
+    Integer-only from the samples to the result; the pre-emphasis starts from a zero
+    sample before the recording (as a fresh :class:`MfccStream` does).
+    """
+    x = check_pcm(pcm)
+    return frames_to_mfcc(x, 0, spec)
+
+
+def frames_to_mfcc(x: np.ndarray, prev_sample: int, spec: FeatureSpec) -> np.ndarray:
+    """Cepstra of every whole frame of ``x``; ``prev_sample`` is the sample before x[0].
+
+    After the window the arrays are laid out (bins, frames): every butterfly then works
+    on contiguous rows of all frames at once, which is what makes numpy fast here.
+    """
+    tab = tables_for(spec)
+    n_frames = spec.n_frames(x.shape[0])
+    if n_frames == 0:
+        return np.zeros((0, spec.n_ceps), dtype=np.int16)
+    y = _preemphasis(x, prev_sample, spec)                      # int32: y * 2^15
+    view = np.lib.stride_tricks.sliding_window_view(y, spec.frame_length, subok=True)
+    frames = view[: n_frames * spec.hop_length : spec.hop_length]
+    windowed = frames * tab.window                              # y*w * 2^(15+window_q)
+    fft_in, s_fft = _block_float(windowed, tab, spec.n_fft)     # (n_fft, frames) < 2^23
+    re, im = _fft(fft_in, tab)                                  # < 2^30
+    power, s_pow = _power(re, im, spec.n_fft_bins, tab.power_bits)   # < 2^power_bits
+    mel = tab.mel @ power                                       # int64 < 2^62
+    logmel = _log2_mel(mel, 2 * s_fft + s_pow - tab.exp_offset, spec)  # Q(log_q)
+    return _dct(logmel, tab, spec)
+
+
+def _preemphasis(x: np.ndarray, prev_sample: int, spec: FeatureSpec) -> np.ndarray:
+    xs = x.astype(np.int64)
+    before = np.empty_like(xs)
+    before[0] = prev_sample
+    before[1:] = xs[:-1]
+    # |y| <= 2^30 + 32767 * 2^15 < 2^31: int32 in C, no saturation needed
+    return (xs << PREEMPH_IN_Q) - spec.preemph_q15 * before      # Q15 (y * 2^15)
+
+
+def _block_float(windowed: np.ndarray, tab: FrontEndTables,
+                 n_fft: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frame exponents s and the (n_fft, frames) FFT input in bit-reversed row order."""
+    peak = np.abs(windowed).max(axis=1)
+    shift = bit_length(peak) - tab.fft_in_bits                  # frame exponent s
+    scaled = round_shift(windowed, shift[:, None]).T            # |v| <= 2^fft_in_bits
+    rows = tab.bitrev[tab.bitrev < scaled.shape[0]]             # zero padding stays 0
+    out = np.zeros_like(scaled, shape=(n_fft, scaled.shape[1]))
+    out[np.flatnonzero(tab.bitrev < scaled.shape[0])] = scaled[rows]
+    return out, shift
+
+
+def _fft(x: np.ndarray, tab: FrontEndTables) -> tuple[np.ndarray, np.ndarray]:
+    """Radix-2 DIT FFT down the rows (input in bit-reversed order); components < 2^30."""
+    n, n_cols = x.shape
+    pairs = x.reshape(n // 2, 2, n_cols)                        # stage 1: real input, w = 1
+    re = np.empty_like(pairs)
+    np.add(pairs[:, 0], pairs[:, 1], out=re[:, 0])
+    np.subtract(pairs[:, 0], pairs[:, 1], out=re[:, 1])
+    re, im = re.reshape(n, n_cols), np.zeros_like(x)
+    half = 2
+    rnd = 1 << (TWIDDLE_Q - 1)
+    while half < n:
+        groups = n // (2 * half)
+        re4 = re.reshape(groups, 2, half, n_cols)
+        im4 = im.reshape(groups, 2, half, n_cols)
+        ar, ai, br, bi = re4[:, 0], im4[:, 0], re4[:, 1], im4[:, 1]
+        if half == 2:                       # twiddles 1 and -i: exact, no multiply
+            tr, ti = br.copy(), bi.copy()
+            tr[:, 1], ti[:, 1] = bi[:, 1], -br[:, 1]
+        else:
+            wr = tab.twiddle_re[::groups, None]                 # Q30
+            wi = tab.twiddle_im[::groups, None]
+            tr = br * wr
+            tr -= bi * wi                                       # < 2^61
+            tr += rnd
+            tr >>= TWIDDLE_Q
+            ti = br * wi
+            ti += bi * wr
+            ti += rnd
+            ti >>= TWIDDLE_Q
+        out_re = np.empty_like(re4)
+        out_im = np.empty_like(im4)
+        np.add(ar, tr, out=out_re[:, 0])
+        np.subtract(ar, tr, out=out_re[:, 1])
+        np.add(ai, ti, out=out_im[:, 0])
+        np.subtract(ai, ti, out=out_im[:, 1])
+        re, im = out_re.reshape(n, n_cols), out_im.reshape(n, n_cols)
+        half *= 2
+    return re, im
+
+
+def _power(re: np.ndarray, im: np.ndarray, n_bins: int,
+           power_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    r, i = re[:n_bins], im[:n_bins]
+    power = r * r + i * i                                       # < 2^61
+    shift = np.maximum(bit_length(power.max(axis=0)) - power_bits, 0)   # block exponent
+    return round_shift(power, shift), shift                     # < 2^power_bits
+
+
+def _log2_mel(mel: np.ndarray, exponent: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    tab = tables_for(spec)
+    lg, positive = log2_q(mel, tab.log2_table, LOG_TABLE_BITS, LOG_TABLE_Q, spec.log_q)
+    lg = lg + (exponent << spec.log_q)                          # log2 of int16 units^2
+    floor = spec.log2_floor << spec.log_q
+    lg = np.maximum(lg, floor)
+    return lg * positive + floor * (positive == 0)             # Q(log_q), silence -> floor
+
+
+def _dct(logmel: np.ndarray, tab: FrontEndTables, spec: FeatureSpec) -> np.ndarray:
+    acc = tab.dct @ logmel                                      # Q(dct_q + log_q) int64
+    shift = spec.dct_q + spec.log_q - spec.out_frac_bits
+    out = (acc + (1 << (shift - 1))) >> shift                   # Q(out_frac_bits)
+    return saturate(out, INT16_MIN, INT16_MAX).astype(np.int16).T.copy()
+
+
+class MfccStream:
+    """Frame-by-frame front end with state: same bits as :func:`mfcc` for any chunking.
+
+    Keeps the samples of the next unfinished frame and the sample before them (the
+    pre-emphasis memory). ``push`` returns the frames completed by a chunk.
+    """
+
+    def __init__(self, spec: FeatureSpec = DEFAULT_SPEC) -> None:
+        self.spec = spec
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new recording: empty buffer, pre-emphasis memory 0."""
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._prev = 0
+        self.frames_out = 0
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        """(k, n_ceps) int16 cepstra of the frames this chunk completes (k may be 0)."""
+        x = check_pcm(chunk, "audio chunk")
+        buf = np.concatenate([self._pending, x]) if self._pending.size else x
+        out = frames_to_mfcc(buf, self._prev, self.spec)
+        consumed = out.shape[0] * self.spec.hop_length
+        if consumed:
+            self._prev = int(buf[consumed - 1])
+            buf = buf[consumed:]
+        self._pending = np.array(buf, dtype=np.int16)
+        self.frames_out += out.shape[0]
+        return out
+
+
+def windows(features: np.ndarray, spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray:
+    """(n_windows, frames_per_window, n_ceps) int16 model inputs from a feature matrix.
+
+    Window j starts at frame j * window_hop_frames; fewer frames than one window give 0
+    windows. spec.normalise then subtracts each window's mean (floor division of the
+    integer sum, as in C) from c0 ("c0") or from every cepstrum ("cmn").
+    """
+    feats = np.asanyarray(features)
+    if feats.ndim != 2 or feats.shape[1] != spec.n_ceps or feats.dtype != np.int16:
+        raise AudioError(f"features: got {feats.dtype} {feats.shape}, expected int16 "
+                         f"(n_frames, {spec.n_ceps}) from edge.mfcc.mfcc with the same spec")
+    size, hop = spec.frames_per_window, spec.window_hop_frames
+    if feats.shape[0] < size:
+        return np.zeros((0, size, spec.n_ceps), dtype=np.int16)
+    n_win = 1 + (feats.shape[0] - size) // hop
+    view = np.lib.stride_tricks.sliding_window_view(feats, size, axis=0, subok=True)
+    wins = view[: n_win * hop : hop].transpose(0, 2, 1).astype(np.int32)
+    return normalise_windows(wins, spec)
+
+
+def normalise_windows(wins: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Subtract per-window means per spec.normalise; saturate back to int16."""
+    if spec.normalise == "none" or wins.shape[0] == 0:
+        return wins.astype(np.int16)
+    cols = 1 if spec.normalise == "c0" else spec.n_ceps
+    mean = wins[:, :, :cols].sum(axis=1, keepdims=True) // spec.frames_per_window
+    wins = wins.copy()
+    wins[:, :, :cols] -= mean
+    return saturate(wins, INT16_MIN, INT16_MAX).astype(np.int16)
