@@ -29,3 +29,11 @@ fi
 PYTHON=${PYTHON:-python3}
 echo "setup: installing heartsound with all extras into $($PYTHON -c 'import sys; print(sys.prefix)')"
 $PYTHON -m pip install -q --disable-pip-version-check -e ".[edge,mic,train,deploy,serial,dev]"
+
+# The interpreter older Raspberry Pi images run (tflite-runtime 2.14 needs numpy<2), in its
+# own environment: the tests prove it gives the same bits as ai-edge-litert.
+if [ ! -x .venv-tflrt/bin/python ]; then
+  echo "setup: creating .venv-tflrt (tflite-runtime 2.14, numpy<2)"
+  $PYTHON -m venv .venv-tflrt
+  .venv-tflrt/bin/pip install -q --disable-pip-version-check "tflite-runtime==2.14.0" "numpy<2"
+fi
