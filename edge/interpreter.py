@@ -262,7 +262,13 @@ class Classifier:
         return q.reshape((-1, *self.input_shape[1:]))
 
     def invoke(self, window_int8: np.ndarray) -> np.ndarray:
-        """int8 outputs (classes,) of one already quantised window."""
+        """int8 outputs (classes,) of one already quantised window.
+
+        Recurrent models keep their LSTM state in variable tensors between invokes; every
+        window is an independent input, so the state is cleared first (without it the
+        same window scored differently depending on the one before).
+        """
+        self.interpreter.reset_all_variables()
         self.interpreter.set_tensor(self._in["index"], window_int8.reshape(self.input_shape))
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._out["index"]).reshape(-1).copy()
