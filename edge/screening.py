@@ -1,0 +1,120 @@
+"""Screen one recording: audio -> quality gate -> fixed-point MFCC -> int8 model -> decision.
+
+This is the device's whole job, kept in one place so that the command line, the
+microphone path, batch screening and the serial-device emulator give the same answer
+for the same samples. A recording that fails the quality gate is ``unsure`` with a
+reason and a hint to retake: the model is not asked to guess on noise.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge import decision
+from edge.errors import ModelError
+from edge.interpreter import Classifier
+from edge.mfcc import mfcc, windows
+from edge.model_meta import ModelMeta, read_model_meta
+from edge.quality import Quality, assess
+from edge.resample import resample
+from edge.spec import FEATURE_CONTRACT_VERSION
+
+MODEL_ENV = "HEARTSOUND_MODEL"
+PACKAGED_MODEL = Path(__file__).resolve().parent / "models" / "heartsound_int8.tflite"
+
+
+def default_model_path() -> Path:
+    """$HEARTSOUND_MODEL, else the model shipped inside the package."""
+    return Path(os.environ.get(MODEL_ENV) or PACKAGED_MODEL)
+
+
+@dataclass
+class ScreeningResult:
+    """What one screening says, in the fields `heartsound screen --json` prints."""
+
+    file: str
+    decision: str
+    probability_abnormal: float | None
+    quality: dict
+    windows: list[dict]
+    classes: dict[str, float] = field(default_factory=dict)
+    threshold: float = 0.5
+    seconds: float = 0.0
+    model_sha256: str = ""
+    interpreter: str = ""
+    latency_ms: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Screener:
+    """A loaded model and its front end, ready to screen many recordings."""
+
+    def __init__(self, model: str | os.PathLike | None = None, *,
+                 backend: str | None = None) -> None:
+        path = Path(model) if model is not None else default_model_path()
+        if not path.is_file():
+            raise ModelError(f"{path}: no model file there; pass --model PATH or set "
+                             f"{MODEL_ENV}")
+        self.meta: ModelMeta = read_model_meta(path)
+        if self.meta.spec.version != FEATURE_CONTRACT_VERSION:
+            raise ModelError(f"{path}: built for feature contract v{self.meta.spec.version}, "
+                             f"this heartsound computes v{FEATURE_CONTRACT_VERSION}; use a "
+                             "model converted for this version")
+        self.spec = self.meta.spec
+        self.classifier = Classifier(path, backend=backend)
+        expected = self.spec.frames_per_window * self.spec.n_ceps
+        if self.classifier.window_size != expected:
+            raise ModelError(f"{path}: model input {self.classifier.input_shape} does not hold "
+                             f"one {self.spec.frames_per_window}x{self.spec.n_ceps} feature "
+                             "window of its own spec; convert the model again")
+        self.normal_idx = decision.normal_index(self.meta.class_names, self.meta.normal_class)
+
+    def screen_pcm(self, pcm: np.ndarray, rate: int, name: str = "<audio>", *,
+                   start: float | None = None) -> ScreeningResult:
+        """Screen int16 mono samples at ``rate`` (resampled in fixed point if needed).
+
+        ``start`` (a ``time.perf_counter()`` reading) lets the caller count file reading
+        into ``latency_ms``.
+        """
+        start = time.perf_counter() if start is None else start
+        if rate != self.spec.sample_rate_hz:
+            pcm = resample(pcm, rate, self.spec.sample_rate_hz)
+        quality = assess(pcm, self.spec)
+        result = self._classify(pcm, quality, name) if quality.ok else self._unsure(quality, name)
+        result.seconds = round(len(pcm) / self.spec.sample_rate_hz, 3)
+        result.latency_ms = round((time.perf_counter() - start) * 1000.0, 2)
+        return result
+
+    def _result(self, name: str, quality: Quality, **fields) -> ScreeningResult:
+        return ScreeningResult(file=name, quality=quality.to_dict(),
+                               threshold=self.meta.threshold,
+                               model_sha256=self.classifier.sha256,
+                               interpreter=self.classifier.backend, **fields)
+
+    def _unsure(self, quality: Quality, name: str) -> ScreeningResult:
+        return self._result(name, quality, decision=decision.UNSURE,
+                            probability_abnormal=None, windows=[])
+
+    def _classify(self, pcm: np.ndarray, quality: Quality, name: str) -> ScreeningResult:
+        feats = windows(mfcc(pcm, self.spec), self.spec)
+        probs = self.classifier.predict(feats).probabilities
+        per_window = decision.abnormal_probability(probs, self.normal_idx)
+        mean = decision.recording_probabilities(probs)
+        p_abnormal = float(decision.abnormal_probability(mean, self.normal_idx))
+        hop = self.spec.window_hop_s
+        return self._result(
+            name, quality,
+            decision=decision.decide(p_abnormal, self.meta.threshold),
+            probability_abnormal=round(p_abnormal, 6),
+            classes={c: round(float(p), 6) for c, p in zip(self.meta.class_names, mean,
+                                                           strict=True)},
+            windows=[{"start_s": round(i * hop, 3), "probability_abnormal": round(float(p), 6)}
+                     for i, p in enumerate(per_window)],
+        )

@@ -1,0 +1,235 @@
+"""`heartsound screen` end to end: real recordings, the shipped int8 model, the real log.
+
+Runs the command in subprocesses, as a clinician's device does, and checks what it
+prints against the same pipeline assembled by hand, under both device interpreters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.audio import read_wav
+from edge.decision import abnormal_probability, decide
+from edge.interpreter import Classifier
+from edge.mfcc import mfcc, windows
+from edge.model_meta import read_model_meta
+from edge.screening import default_model_path
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((REPO / "examples").glob("*.wav"))
+SECOND_PYTHON = REPO / ".venv-tflrt" / "bin" / "python"
+HEAVY = ("tensorflow", "keras", "tf_keras", "scipy")
+VOLATILE = ("latency_ms", "interpreter")
+
+
+def _screen(*args: str, home: Path, python: str = sys.executable,
+            env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HEARTSOUND_HOME": str(home),
+           **(env_extra or {})}
+    env.pop("HEARTSOUND_MODEL", None)
+    return subprocess.run([python, "-m", "edge.cli", "screen", *args], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=120)
+
+
+def _json_lines(result: subprocess.CompletedProcess) -> list[dict]:
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def _by_hand(path: Path) -> tuple[float, list[float]]:
+    """P(abnormal) and window scores from the parts, without the screening module."""
+    meta = read_model_meta(default_model_path())
+    spec = meta.spec
+    feats = windows(mfcc(read_wav(path, spec.sample_rate_hz), spec), spec)
+    probs = Classifier(default_model_path()).predict(feats).probabilities
+    idx = list(meta.class_names).index(meta.normal_class)
+    per_window = abnormal_probability(probs, idx)
+    return float(abnormal_probability(probs.astype(np.float64).mean(0), idx)), list(per_window)
+
+
+def test_example_recordings_give_the_pipelines_result(tmp_path):
+    assert len(EXAMPLES) == 3
+    rows = _json_lines(_screen(*map(str, EXAMPLES), "--json", home=tmp_path))
+    meta = read_model_meta(default_model_path())
+    sha = hashlib.sha256(default_model_path().read_bytes()).hexdigest()
+    for path, row in zip(EXAMPLES, rows, strict=True):
+        p, per_window = _by_hand(path)
+        assert row["file"] == str(path)
+        assert row["model_sha256"] == sha
+        assert row["quality"]["ok"] is True
+        assert row["probability_abnormal"] == pytest.approx(p, abs=1e-6)
+        assert [w["probability_abnormal"] for w in row["windows"]] == pytest.approx(
+            per_window, abs=1e-6)
+        assert row["decision"] == decide(p, meta.threshold)
+        n = len(read_wav(path, meta.spec.sample_rate_hz))
+        hop = round(meta.spec.window_hop_s * meta.spec.sample_rate_hz)
+        assert len(row["windows"]) == 1 + (n - meta.spec.window_samples) // hop
+        assert row["latency_ms"] > 0
+
+
+def test_screening_imports_no_tensorflow_keras_or_scipy(tmp_path):
+    code = ("import sys; from edge.cli import main; rc = main(['screen', "
+            f"{str(EXAMPLES[0])!r}, '--no-log']); "
+            f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules]); sys.exit(rc)")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HEARTSOUND_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY []"
+
+
+def test_tflite_runtime_device_gives_identical_results(tmp_path):
+    if not SECOND_PYTHON.exists():
+        pytest.fail(f"no tflite-runtime environment at {SECOND_PYTHON}: run scripts/setup.sh",
+                    pytrace=False)
+    args = (*map(str, EXAMPLES), "--json", "--no-log")
+    ours = _json_lines(_screen(*args, home=tmp_path))
+    old_pi = _screen(*args, home=tmp_path, python=str(SECOND_PYTHON),
+                     env_extra={"HEARTSOUND_INTERPRETER": "tflite_runtime"})
+    theirs = _json_lines(old_pi)
+    assert {r["interpreter"] for r in theirs} == {"tflite_runtime"}
+    strip = [{k: v for k, v in r.items() if k not in VOLATILE} for r in ours]
+    assert strip == [{k: v for k, v in r.items() if k not in VOLATILE} for r in theirs]
+
+
+def test_artifact_recording_is_unsure_with_a_hint(data_root, tmp_path):
+    artifact = sorted((data_root / "pascal/set_a").glob("artifact__*.wav"))[0]
+    (row,) = _json_lines(_screen(str(artifact), "--json", home=tmp_path))
+    assert row["decision"] == "unsure"
+    assert row["probability_abnormal"] is None and row["windows"] == []
+    assert row["quality"]["reason"] and row["quality"]["hint"]
+
+
+def test_text_output_and_the_log(tmp_path):
+    result = _screen(str(EXAMPLES[1]), "--patient", "P-17", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{EXAMPLES[1]}: ")
+    db = tmp_path / "screenings.db"
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    history = subprocess.run([sys.executable, "-m", "edge.cli", "history", "--db", str(db),
+                              "--csv", "-"], capture_output=True, text=True, cwd=REPO)
+    assert history.returncode == 0, history.stderr
+    assert "P-17" in history.stdout and EXAMPLES[1].name in history.stdout
+
+
+def test_no_log_writes_nothing(tmp_path):
+    assert _screen(str(EXAMPLES[0]), "--no-log", home=tmp_path).returncode == 0
+    assert not (tmp_path / "screenings.db").exists()
+
+
+def test_report_is_a_png(tmp_path):
+    out = tmp_path / "report.png"
+    result = _screen(str(EXAMPLES[0]), "--report", str(out), "--no-log", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("heartsound: ")
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", ("empty",)),
+    (b"RIFF\x10\x00\x00\x00WAVEjunk", ()),
+    (b"this is not audio at all", ("RIFF",)),
+])
+def test_bad_wav_is_exit_3(tmp_path, content, words):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(content)
+    _one_line_error(_screen(str(bad), home=tmp_path), 3, "bad.wav", *words)
+    assert not (tmp_path / "screenings.db").exists()
+
+
+def test_truncated_wav_is_exit_3(tmp_path):
+    data = EXAMPLES[0].read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])
+    _one_line_error(_screen(str(cut), home=tmp_path), 3, "cut.wav")
+
+
+def test_not_a_model_is_exit_4(tmp_path):
+    fake = tmp_path / "model.tflite"
+    fake.write_bytes(b"\x00" * 64)
+    _one_line_error(_screen(str(EXAMPLES[0]), "--model", str(fake), home=tmp_path), 4,
+                    "model.tflite")
+
+
+def test_model_for_another_front_end_is_exit_4(tmp_path):
+    from convert.metadata import add_metadata
+
+    meta = read_model_meta(default_model_path())
+    doc = dict(meta.document)
+    doc["spec"] = {**doc["spec"], "n_ceps": 20}
+    other = tmp_path / "other.tflite"
+    other.write_bytes(add_metadata(default_model_path().read_bytes(), doc))
+    assert read_model_meta(other).spec.n_ceps == 20
+    _one_line_error(_screen(str(EXAMPLES[0]), "--model", str(other), home=tmp_path), 4,
+                    "other.tflite")
+
+
+def test_unwritable_log_is_exit_7_and_keeps_the_result(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the log's folder should be")
+    result = _screen(str(EXAMPLES[0]), "--db", str(blocker / "screenings.db"), home=tmp_path)
+    assert result.returncode == 7, result.stderr
+    assert result.stdout.startswith(str(EXAMPLES[0]))
+    assert result.stderr.startswith("heartsound: ") and result.stderr.count("\n") == 1
+
+
+ASOUNDRC = """pcm.hs_capture {{
+    type file
+    slave.pcm "null"
+    file "/dev/null"
+    infile "{raw}"
+    format "raw"
+}}
+"""
+
+
+def test_microphone_screening_equals_the_file(data_root, tmp_path):
+    """PyAudio reads a real 4 kHz recording from an ALSA capture device; same result."""
+    pytest.importorskip("pyaudio", reason="the 'mic' extra (PyAudio) is not installed")
+    wav = sorted((data_root / "pascal/set_b").glob("murmur__*.wav"))[0]
+    pcm = read_wav(wav)
+    seconds = len(pcm) // 4000
+    raw = tmp_path / "capture.raw"
+    pcm.astype("<i2").tofile(raw)
+    (tmp_path / ".asoundrc").write_text(ASOUNDRC.format(raw=raw))
+    clip = tmp_path / "clip.wav"
+    _write_wav(clip, pcm[: seconds * 4000], 4000)
+    env = {"HOME": str(tmp_path)}
+    live = _json_lines(_screen("--mic", "--device", "hs_capture", "--rate", "4000",
+                               "--seconds", str(seconds), "--json", "--no-log",
+                               home=tmp_path, env_extra=env))
+    filed = _json_lines(_screen(str(clip), "--json", "--no-log", home=tmp_path))
+    assert live[0]["file"] == "microphone"
+    for key in ("decision", "probability_abnormal", "windows", "classes", "seconds"):
+        assert live[0][key] == filed[0][key]
+
+
+def _write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.astype("<i2").tobytes())
+
+
+def test_usage_errors(tmp_path):
+    assert _screen(home=tmp_path).returncode == 2
+    assert _screen(str(EXAMPLES[0]), "--mic", home=tmp_path).returncode == 2
