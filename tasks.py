@@ -6,6 +6,8 @@ here is exactly what a user runs; `pipeline` chains them on the real data.
 
 from __future__ import annotations
 
+import shlex
+
 from invoke import Context, task
 
 RUN_DIR = "runs/default"
@@ -71,9 +73,17 @@ def verify(c: Context, run: str = RUN_DIR, model: str = MODEL) -> None:
     c.run(f"heartsound verify {model} --run {run}")
 
 
-@task(help={"model": "int8 .tflite"})
-def bench(c: Context, model: str = MODEL) -> None:
-    """Latency and memory of the edge runtime on this machine."""
+@task(help={"model": "int8 .tflite", "host": "USER@HOST[:PORT]: bench the deployed release "
+            "on that device instead (see deploy for the other options)", "key": "SSH key",
+            "known_hosts": "known_hosts file", "root": "install folder on the device",
+            "runs": "with --host: timed runs per stage (default 100)"})
+def bench(c: Context, model: str = MODEL, host: str = "", key: str = "", known_hosts: str = "",
+          root: str = "", runs: int = 0) -> None:
+    """Latency and memory of the edge runtime on this machine, or with --host on a device."""
+    if host:
+        c.run("heartsound deploy --bench" + _remote_args(host, key, known_hosts, root,
+                                                         runs=str(runs or "")))
+        return
     c.run(f"heartsound bench --model {model}")
 
 
@@ -91,3 +101,51 @@ def pipeline(c: Context) -> None:
     verify(c)
     screen(c)
     bench(c)
+
+
+def _remote_args(host: str, key: str, known_hosts: str, root: str, **flags: str | bool) -> str:
+    """`heartsound deploy` options, every value quoted for the local shell."""
+    pairs = {"host": host, "key": key, "known-hosts": known_hosts, "root": root}
+    pairs.update({k.replace("_", "-"): v for k, v in flags.items()})
+    out = ""
+    for name, value in pairs.items():
+        if value is True:
+            out += f" --{name}"
+        elif value:
+            out += f" --{name} {shlex.quote(str(value))}"
+    return out
+
+
+REMOTE_HELP = {
+    "host": "the device, USER@HOST[:PORT]",
+    "key": "SSH private key (default: your keys/agent)",
+    "known_hosts": "known_hosts holding the device's host key (default ~/.ssh/known_hosts)",
+    "root": "install folder on the device (default ~/heartsound)",
+}
+
+
+@task(help={**REMOTE_HELP,
+            "model": "int8 .tflite to ship (default: the packaged model)",
+            "remote_python": "Python 3.11+ on the device (default python3)",
+            "system_site_packages": "reuse the device's system numpy (Raspberry Pi OS: apt)",
+            "offline": "the device has no network: install only from the bundle's wheels",
+            "download_deps": "ship the edge extra's wheels for the device's platform",
+            "bundle": "reuse (or build into) this bundle folder"})
+def deploy(c: Context, host: str, key: str = "", known_hosts: str = "", root: str = "",
+           model: str = "", remote_python: str = "", system_site_packages: bool = False,
+           offline: bool = False, download_deps: bool = False, bundle: str = "") -> None:
+    """Build the bundle, upload, verify, install, smoke-test, switch `current` atomically.
+
+    Any failure leaves the device on its previous release (see `heartsound deploy --help`).
+    """
+    c.run("heartsound deploy" + _remote_args(
+        host, key, known_hosts, root, model=model, remote_python=remote_python,
+        system_site_packages=system_site_packages, offline=offline,
+        download_deps=download_deps, bundle=bundle))
+
+
+@task(help=REMOTE_HELP)
+def rollback(c: Context, host: str, key: str = "", known_hosts: str = "",
+             root: str = "") -> None:
+    """Switch the device's `current` back to the release before it."""
+    c.run("heartsound deploy --rollback" + _remote_args(host, key, known_hosts, root))

@@ -1,0 +1,146 @@
+"""`heartsound deploy`: install the runtime and model on a Raspberry Pi over SSH.
+
+Thin layer over `edge.deploy_bundle` (what goes to the device), `edge.deploy_remote`
+(how it gets there, atomically) and `edge.offline_bundle` (the USB-stick variant). Those
+need Fabric (the `deploy` extra), so they are imported inside `run`: the device itself
+never loads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from edge.errors import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--rollback", action="store_true",
+                      help="switch the device's 'current' back to the release before it")
+    mode.add_argument("--bench", action="store_true", help="run 'heartsound bench --json' on "
+                      "the device and print its figures here as a table")
+    mode.add_argument("--list", action="store_true", help="list the releases on the device")
+    mode.add_argument("--offline-bundle", type=Path, metavar="OUT.tar.gz",
+                      help="write an offline bundle (archive + install.sh) instead of "
+                      "deploying; no --host needed")
+    parser.add_argument("--host", metavar="USER@HOST[:PORT]", help="the device")
+    parser.add_argument("--key", type=Path, help="SSH private key (default: your keys/agent)")
+    parser.add_argument("--known-hosts", type=Path, help="known_hosts file holding the "
+                        "device's host key (default ~/.ssh/known_hosts); unknown keys are "
+                        "refused")
+    parser.add_argument("--root", default="heartsound", help="install folder on the device "
+                        "(default: ~/heartsound)")
+    parser.add_argument("--remote-python", default="python3", metavar="PYTHON",
+                        help="Python 3.11+ on the device (default %(default)s)")
+    parser.add_argument("--system-site-packages", action="store_true",
+                        help="let the device's venv see system packages: on Raspberry Pi OS "
+                        "numpy comes from apt (python3-numpy) and is reused, not downloaded")
+    parser.add_argument("--offline", action="store_true", help="the device has no network: "
+                        "pip installs only from the bundle's wheels (and system packages)")
+    parser.add_argument("--download-deps", action="store_true",
+                        help="put the 'edge' extra's wheels for the device's platform and "
+                        "Python in the bundle (asks the device; with --offline-bundle give "
+                        "--platform and --python-version)")
+    parser.add_argument("--platform", metavar="MACHINE:GLIBC", help="device platform for "
+                        "--download-deps without a device, e.g. aarch64:2.36 (Raspberry Pi OS "
+                        "Bookworm 64-bit)")
+    parser.add_argument("--python-version", default="3.11", help="device Python for "
+                        "--download-deps without a device (default %(default)s)")
+    parser.add_argument("--model", type=Path, help="int8 .tflite to ship (default: "
+                        "$HEARTSOUND_MODEL, else the model shipped with heartsound)")
+    parser.add_argument("--bundle", type=Path, metavar="DIR", help="reuse the bundle in DIR, "
+                        "or build into DIR (new folder) and keep it")
+    parser.add_argument("--keep", type=int, default=3, help="releases kept on the device "
+                        "(default %(default)s, at least 2)")
+    parser.add_argument("--min-free-mb", type=float, default=40.0, help="free space needed "
+                        "beyond the bundle for venv and install (default %(default)s MB)")
+    parser.add_argument("--runs", type=int, default=100, help="with --bench: timed runs "
+                        "(default %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import fabric  # noqa: F401 - only to say what is missing before any work
+    except ImportError:
+        raise UsageError("deploy needs Fabric on this host: pip install 'heartsound[deploy]'"
+                         ) from None
+    from edge import deploy_remote as remote
+
+    if args.offline_bundle:
+        return _offline_bundle(args)
+    if not args.host:
+        raise UsageError("--host USER@HOST[:PORT] is needed (or --offline-bundle OUT.tar.gz)")
+    if args.keep < 2:
+        raise UsageError("--keep must be at least 2: the current release and one to roll back to")
+    target = remote.Target.parse(args.host)
+    options = remote.DeployOptions(
+        root=args.root, key=args.key, known_hosts=args.known_hosts, python=args.remote_python,
+        system_site_packages=args.system_site_packages, offline=args.offline, keep=args.keep,
+        min_free_mb=args.min_free_mb)
+    if args.rollback:
+        old, new = remote.rollback(target, options)
+        print(f"{target}: current is now {new} (was {old})")
+    elif args.bench:
+        print(remote.bench_table(remote.remote_bench(target, options, runs=args.runs)))
+    elif args.list:
+        _print_releases(remote.list_releases(target, options))
+    else:
+        with tempfile.TemporaryDirectory(prefix="heartsound-bundle-") as tmp:
+            device = remote.preflight(target, options)  # refuse early: nothing built yet
+            platform = ((device["platforms"], device["python_version"])
+                        if args.download_deps else None)
+            bundle = _bundle(args, Path(tmp) / "bundle", platform)
+            name = remote.deploy(bundle, target, options)
+        print(f"{target}: deployed {name}; screen with {args.root}/current/bin/heartsound "
+              "screen FILE.wav")
+        print(remote.SERVICE_HINT.replace("ROOT", args.root))
+    return 0
+
+
+def _bundle(args: argparse.Namespace, scratch: Path,
+            platform: tuple[list[str], str] | None):
+    """The bundle from --bundle DIR if it holds one, else a new one (in DIR if given)."""
+    from edge import deploy_bundle as db
+
+    if args.bundle and (args.bundle / db.MANIFEST).is_file():
+        return db.load_bundle(args.bundle)
+    out = args.bundle or scratch
+    deps = []
+    if platform:
+        deps = db.download_dependency_wheels(scratch.parent / "deps", platforms=platform[0],
+                                             python_version=platform[1])
+    print(f"building the bundle in {out} ...", file=sys.stderr)
+    return db.build_bundle(out, model=args.model, dependency_wheels=deps)
+
+
+def _offline_bundle(args: argparse.Namespace) -> int:
+    from edge import deploy_bundle as db
+    from edge.offline_bundle import archive_sha256, build_offline_bundle
+
+    if not args.offline_bundle.name.endswith(".tar.gz"):
+        raise UsageError(f"{args.offline_bundle}: the offline bundle is a .tar.gz; give a name "
+                         "ending so")
+    if args.download_deps and not args.platform:
+        raise UsageError("--offline-bundle with --download-deps needs --platform (no device "
+                         "to ask), e.g. --platform aarch64:2.36")
+    with tempfile.TemporaryDirectory(prefix="heartsound-bundle-") as tmp:
+        platform = None
+        if args.download_deps:
+            machine, _, glibc = args.platform.partition(":")
+            platform = (db.manylinux_platforms(machine, glibc or "2.17"), args.python_version)
+        bundle = _bundle(args, Path(tmp) / "bundle", platform)
+        out = build_offline_bundle(bundle, args.offline_bundle)
+    print(f"wrote {out} (sha256 {archive_sha256(out)}); on the device: tar -xzf {out.name} "
+          f"&& sh heartsound-{bundle.version}-offline/install.sh")
+    return 0
+
+
+def _print_releases(info: dict) -> None:
+    print(f"releases under {info['root']} (oldest first):")
+    for name in info["releases"]:
+        print(f"  {'*' if name == info['current'] else ' '} {name}")
+    for name in info["incomplete"]:
+        print(f"    {name} (incomplete, removed by the next deploy)")

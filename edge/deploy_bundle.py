@@ -1,0 +1,283 @@
+"""Build the deploy bundle: everything a Raspberry Pi needs, in one folder, every file hashed.
+
+Host side only (imported by ``heartsound deploy``, never on the device's screening path).
+A bundle is a plain folder, so the same thing can be uploaded over SFTP or packed into
+an offline ``.tar.gz``::
+
+    wheels/heartsound-<version>-py3-none-any.whl   the project, built with pip wheel --no-deps
+    wheels/<dependency>.whl                        only with dependency wheels: the `edge`
+                                                   extra's requirements for the device's platform
+    model/<name>.tflite                            the int8 model the device will screen with
+    smoke/<name>.wav                               a real recording for the smoke screening
+    heartsound.env.in                              config (EnvironmentFile) with @ROOT@ to fill
+    heartsound-screen.service.in                   systemd unit for an optional always-on service
+    manifest.json                                  version, roles and sha256 + size of each file
+    SHA256SUMS                                     the same hashes, for sha256sum -c on the device
+
+The templates carry ``@ROOT@`` / ``@USER@`` instead of real paths because the bundle is
+built before anyone knows where it will be installed; the installer fills them in after
+the hashes have been checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from edge.errors import DeviceError, DownloadError, ModelError, UsageError
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+EXAMPLES_DIR = PROJECT_DIR / "examples"
+BUNDLE_FORMAT = 1
+DEVICE_EXTRA = "edge"
+MIN_PYTHON = (3, 11)
+
+MANIFEST = "manifest.json"
+SUMS = "SHA256SUMS"
+WHEELS_DIR = "wheels"
+MODEL_DIR = "model"
+SMOKE_DIR = "smoke"
+CONFIG_TEMPLATE = "heartsound.env.in"
+UNIT_TEMPLATE = "heartsound-screen.service.in"
+ROOT_PLACEHOLDER = "@ROOT@"
+USER_PLACEHOLDER = "@USER@"
+SERVICE_NAME = "heartsound-screen"
+HASH_CHUNK = 1 << 20
+OLDEST_GLIBC_MINOR = 17  # manylinux2014 = glibc 2.17: the oldest tag current wheels carry
+WHEEL_NAME = re.compile(r"^heartsound-(?P<version>[^-]+)-.*\.whl$")
+
+# HEARTSOUND_HOME holds the screening log (patient data): it lives outside the releases so
+# that a rollback keeps the history, and the service's UMask keeps new files owner-only.
+CONFIG_TEXT = f"""\
+# heartsound device configuration (systemd EnvironmentFile syntax).
+# The screening log holds patient data: the folder is kept owner-only (mode 700).
+HEARTSOUND_HOME={ROOT_PLACEHOLDER}/data
+HEARTSOUND_MODEL={ROOT_PLACEHOLDER}/current/bundle/{MODEL_DIR}/{{model}}
+"""
+
+# Each run records from the default microphone, screens and logs, then exits; systemd
+# starts the next one. A crash or a missing microphone therefore costs one cycle, not
+# the service, and RestartSec keeps a broken device from spinning.
+UNIT_TEXT = f"""\
+[Unit]
+Description=heartsound always-on heart-sound screening (microphone -> log)
+After=sound.target
+
+[Service]
+Type=simple
+User={USER_PLACEHOLDER}
+EnvironmentFile={ROOT_PLACEHOLDER}/current/etc/heartsound.env
+ExecStart={ROOT_PLACEHOLDER}/current/bin/heartsound screen --mic --json
+Restart=always
+RestartSec=5
+UMask=0077
+NoNewPrivileges=yes
+PrivateTmp=yes
+ProtectSystem=strict
+ReadWritePaths={ROOT_PLACEHOLDER}/data
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle folder on the host and its manifest."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def files(self) -> list[str]:
+        """Every file to upload (relative, '/'-separated), SHA256SUMS last."""
+        return sorted(self.manifest["files"]) + [MANIFEST, SUMS]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum((self.path / f).stat().st_size for f in self.files)
+
+    @property
+    def sums_sha256(self) -> str:
+        """Hash of SHA256SUMS itself: checked on the device before trusting its lines."""
+        return sha256_file(self.path / SUMS)
+
+    def role(self, name: str) -> str:
+        """Relative path of the file playing `name` ('wheel', 'model', 'smoke')."""
+        return self.manifest[name]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def device_requirements(project_dir: Path = PROJECT_DIR) -> list[str]:
+    """The project's base dependencies plus the `edge` extra: all a device installs."""
+    meta = tomllib.loads((project_dir / "pyproject.toml").read_text())["project"]
+    return list(meta.get("dependencies", [])) + list(
+        meta.get("optional-dependencies", {}).get(DEVICE_EXTRA, []))
+
+
+def build_wheel(out_dir: Path, project_dir: Path = PROJECT_DIR) -> Path:
+    """The project as one pure-Python wheel (pip wheel --no-deps): what the device installs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
+         "--quiet", "-w", str(out_dir), str(project_dir)],
+        capture_output=True, text=True)
+    found = sorted(p for p in out_dir.glob("heartsound-*.whl") if WHEEL_NAME.match(p.name))
+    if proc.returncode != 0 or not found:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DeviceError(f"{project_dir}: pip wheel could not build the heartsound wheel "
+                          f"({tail}); run 'pip wheel --no-deps {project_dir}' to see why")
+    return found[-1]
+
+
+def manylinux_platforms(machine: str, glibc: str) -> list[str]:
+    """pip platform tags a device can run: every manylinux glibc level up to its own.
+
+    pip takes ``--platform manylinux_2_36_aarch64`` literally (it widens only the old
+    manylinux2014 names), so each level is listed; newest first, like pip's own order.
+    """
+    major, minor = (int(x) for x in (glibc.split(".") + ["0"])[:2])
+    tags = [f"manylinux_{major}_{m}_{machine}" for m in range(minor, OLDEST_GLIBC_MINOR - 1, -1)]
+    return tags + [f"manylinux2014_{machine}", f"linux_{machine}"]
+
+
+def download_dependency_wheels(out_dir: Path, *, platforms: Sequence[str] = (),
+                               python_version: str | None = None,
+                               project_dir: Path = PROJECT_DIR) -> list[Path]:
+    """Binary wheels of the device's requirements, for the device's platform and Python.
+
+    `platforms` are pip platform tags (`manylinux_platforms`; Raspberry Pi OS Bookworm
+    64-bit is aarch64 with glibc 2.36); none means this machine's.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    before = set(out_dir.glob("*.whl"))
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
+           "--only-binary=:all:", "-d", str(out_dir)]
+    for tag in platforms:
+        cmd += ["--platform", tag]
+    if platforms:
+        cmd += ["--implementation", "cp"]
+    if python_version:
+        cmd += ["--python-version", python_version]
+    proc = subprocess.run(cmd + device_requirements(project_dir), capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        where = platforms[0] if platforms else "this platform"
+        raise DownloadError(f"pip download of {', '.join(device_requirements(project_dir))} "
+                            f"for {where} failed ({tail}); check the network, or deploy with "
+                            "--system-site-packages and apt's numpy")
+    return sorted(set(out_dir.glob("*.whl")) - before) or sorted(out_dir.glob("*.whl"))
+
+
+def default_smoke_wav() -> Path:
+    """The first example recording: real audio the device must be able to screen."""
+    found = sorted(EXAMPLES_DIR.glob("*.wav")) if EXAMPLES_DIR.is_dir() else []
+    if not found:
+        raise UsageError(f"{EXAMPLES_DIR}: no example recording for the smoke screening; "
+                         "pass a WAV file")
+    return found[0]
+
+
+def build_bundle(out_dir: Path, *, wheel: Path | None = None, model: Path | None = None,
+                 smoke_wav: Path | None = None, dependency_wheels: Sequence[Path] = (),
+                 project_dir: Path = PROJECT_DIR) -> Bundle:
+    """Write a bundle folder (see the module docstring) and return it.
+
+    `wheel` reuses an already built project wheel (tests build it once); the model is not
+    judged here: the device's smoke screening is the gate, on the device's own runtime.
+    """
+    from edge.screening import default_model_path
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if any(out_dir.iterdir()):
+        raise UsageError(f"{out_dir}: bundle folder is not empty; give a new folder")
+    model = Path(model) if model else default_model_path()
+    if not model.is_file():
+        raise ModelError(f"{model}: no model file there; pass --model PATH")
+    smoke_wav = Path(smoke_wav) if smoke_wav else default_smoke_wav()
+    wheels = out_dir / WHEELS_DIR
+    wheels.mkdir()
+    wheel = build_wheel(wheels, project_dir) if wheel is None else _copy(Path(wheel), wheels)
+    match = WHEEL_NAME.match(wheel.name)
+    if not match:
+        raise UsageError(f"{wheel}: not a heartsound wheel (heartsound-VERSION-...whl)")
+    for dep in dependency_wheels:
+        _copy(Path(dep), wheels)
+    model_file = _copy(model, out_dir / MODEL_DIR)
+    smoke_file = _copy(smoke_wav, out_dir / SMOKE_DIR)
+    (out_dir / CONFIG_TEMPLATE).write_text(CONFIG_TEXT.format(model=model_file.name))
+    (out_dir / UNIT_TEMPLATE).write_text(UNIT_TEXT)
+    return _write_manifest(out_dir, match["version"], {
+        "wheel": wheel, "model": model_file, "smoke": smoke_file}, bool(dependency_wheels),
+        project_dir)
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Open a bundle folder and check every file against its manifest (bit rot, edits)."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a heartsound bundle ({MANIFEST}: {exc}); build one "
+                         "with 'heartsound deploy --bundle NEW_FOLDER ...'") from None
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise UsageError(f"{path}: bundle format {manifest.get('format')}, this heartsound "
+                         f"reads {BUNDLE_FORMAT}; build the bundle again")
+    for rel, entry in manifest["files"].items():
+        f = path / rel
+        if not f.is_file() or sha256_file(f) != entry["sha256"]:
+            raise UsageError(f"{f}: missing or changed since the bundle was built; build the "
+                             "bundle again")
+    return Bundle(path, manifest)
+
+
+def _copy(src: Path, folder: Path) -> Path:
+    if not src.is_file():
+        raise UsageError(f"{src}: no such file to put in the bundle")
+    folder.mkdir(parents=True, exist_ok=True)
+    dst = folder / src.name
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def _write_manifest(out_dir: Path, version: str, roles: dict[str, Path],
+                    with_dependencies: bool, project_dir: Path) -> Bundle:
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file())
+    entries = {p.relative_to(out_dir).as_posix(): {"sha256": sha256_file(p),
+                                                   "bytes": p.stat().st_size} for p in files}
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "name": "heartsound",
+        "version": version,
+        "built_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "python_requires": ">=" + ".".join(map(str, MIN_PYTHON)),
+        "extras": [DEVICE_EXTRA],
+        "requirements": device_requirements(project_dir),
+        "dependency_wheels": with_dependencies,
+        **{role: p.relative_to(out_dir).as_posix() for role, p in roles.items()},
+        "files": entries,
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    sums = {**{rel: e["sha256"] for rel, e in entries.items()},
+            MANIFEST: sha256_file(out_dir / MANIFEST)}
+    (out_dir / SUMS).write_text("".join(f"{h}  {rel}\n" for rel, h in sorted(sums.items())))
+    return Bundle(out_dir, manifest)

@@ -1,0 +1,551 @@
+"""Deploy over SSH against a real OpenSSH server on 127.0.0.1 (no mock of SSH).
+
+The "device" is this machine: sshd started by the test with its own keys and config, a
+tmp folder as the device root. Its venv uses --system-site-packages so that it reuses the
+numpy and ai-edge-litert installed here (as a Raspberry Pi reuses apt's numpy) and the
+project wheel goes in with --no-index: nothing is downloaded.
+
+Every failure test runs against the same device, which holds one good release, and checks
+that the device is still on it afterwards, with no half-made folder left and screening
+still working: that is the promise under test.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from edge import deploy_remote as remote
+from edge.deploy_bundle import (
+    MANIFEST,
+    SUMS,
+    build_bundle,
+    build_wheel,
+    download_dependency_wheels,
+    load_bundle,
+    manylinux_platforms,
+    sha256_file,
+)
+from edge.errors import DataError, DeviceError, DownloadError, UsageError
+from edge.offline_bundle import UnsafeArchiveError, build_offline_bundle, safe_extract
+from tests.sshd_fixture import SSHD, SshServer, free_port, keygen
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+HEARTSOUND = shutil.which("heartsound") or "heartsound"
+
+pytestmark = pytest.mark.skipif(not Path(SSHD).exists() or os.geteuid() != 0,
+                                reason="needs Debian's openssh-server and root (CI runs both)")
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures: one wheel, bundles, one server, one device with a good release
+
+
+@pytest.fixture(scope="session")
+def project_wheel(tmp_path_factory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory, project_wheel):
+    return build_bundle(tmp_path_factory.mktemp("b") / "bundle", wheel=project_wheel)
+
+
+@pytest.fixture(scope="session")
+def broken_bundle(tmp_path_factory, project_wheel):
+    """A bundle whose model is damaged: hashes match (it was built so), screening cannot."""
+    folder = tmp_path_factory.mktemp("broken")
+    model = folder / "heartsound_int8.tflite"
+    good = (REPO / "edge" / "models" / "heartsound_int8.tflite").read_bytes()
+    model.write_bytes(good[:64] + bytes(len(good) - 64))
+    return build_bundle(folder / "bundle", wheel=project_wheel, model=model)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    server = SshServer(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+def options(server: SshServer, root: Path, **kw) -> remote.DeployOptions:
+    base = dict(root=str(root), key=server.client_key, known_hosts=server.known_hosts,
+                python=sys.executable, system_site_packages=True, offline=True)
+    return remote.DeployOptions(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory, sshd, bundle):
+    """(root, release) of a device with one good release, deployed over SSH."""
+    root = tmp_path_factory.mktemp("device") / "heartsound"
+    name = remote.deploy(bundle, remote.Target.parse(sshd.address), options(sshd, root))
+    return root, name
+
+
+def on_device(server: SshServer, command: str) -> subprocess.CompletedProcess:
+    """Run a command on the device through the real ssh client (strict host key check)."""
+    return subprocess.run(
+        ["ssh", "-i", str(server.client_key), "-p", str(server.port), "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={server.known_hosts}",
+         f"{server.user}@127.0.0.1", command], capture_output=True, text=True, timeout=120)
+
+
+def assert_still_on(server: SshServer, root: Path, name: str) -> None:
+    """Current is `name`, no release is half-made, and the device still screens."""
+    assert os.readlink(root / "current") == f"releases/{name}"
+    leftovers = [p.name for p in (root / "releases").iterdir()
+                 if (p / ".incomplete").exists()]
+    assert leftovers == []
+    res = on_device(server, f"{root}/current/bin/heartsound screen --json --no-log "
+                            f"{EXAMPLES / 'physionet_b0001_normal.wav'}")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["decision"] in ("normal", "abnormal", "unsure")
+
+
+def releases(root: Path) -> set[str]:
+    return {p.name for p in (root / "releases").iterdir()}
+
+
+# ---------------------------------------------------------------------------------------------
+# bundle
+
+
+def test_bundle_manifest_hashes_every_file(bundle, tmp_path):
+    files = {p.relative_to(bundle.path).as_posix() for p in bundle.path.rglob("*")
+             if p.is_file()}
+    assert files == set(bundle.files)
+    assert set(bundle.manifest["files"]) == files - {MANIFEST, SUMS}
+    check = subprocess.run(["sha256sum", "--check", "--strict", SUMS], cwd=bundle.path,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    assert bundle.manifest["requirements"] == ["numpy>=1.26", "ai-edge-litert>=2.3.0"]
+    assert bundle.manifest["wheel"].startswith("wheels/heartsound-")
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.path, copy)
+    (copy / bundle.role("model")).write_bytes(b"tampered")
+    with pytest.raises(UsageError, match="changed since the bundle was built"):
+        load_bundle(copy)
+
+
+def test_target_parse():
+    assert remote.Target.parse("pi@raspberrypi.local") == remote.Target("raspberrypi.local",
+                                                                        "pi", 22)
+    assert remote.Target.parse("root@127.0.0.1:2222") == remote.Target("127.0.0.1", "root",
+                                                                       2222)
+    assert remote.Target.parse("[::1]:2200").host == "::1"
+    with pytest.raises(UsageError, match="expected user@host"):
+        remote.Target.parse("pi@host:99999")
+
+
+# ---------------------------------------------------------------------------------------------
+# a full deploy
+
+
+def test_full_deploy_installs_a_working_release(sshd, device, bundle):
+    root, name = device
+    assert remote.RELEASE_NAME.match(name)
+    assert_still_on(sshd, root, name)
+    rel = root / "releases" / name
+    # the device runs the deployed code, not the host's checkout
+    where = on_device(sshd, f"{root}/current/bin/python -c 'import edge, os; "
+                            "print(os.path.realpath(edge.__file__))'")
+    assert where.stdout.strip().startswith(str(rel) + "/lib/")
+    for f, entry in bundle.manifest["files"].items():
+        assert sha256_file(rel / "bundle" / f) == entry["sha256"]
+    # the screening log's folder (patient data) is owner-only
+    assert stat.S_IMODE((root / "data").stat().st_mode) == 0o700
+    env = (rel / "etc" / "heartsound.env").read_text()
+    assert f"HEARTSOUND_HOME={root}/data" in env and "@ROOT@" not in env
+    unit = (rel / "etc" / "heartsound-screen.service").read_text()
+    assert f"ExecStart={root}/current/bin/heartsound screen --mic" in unit
+    assert "UMask=0077" in unit and "@" not in unit.replace("multi-user", "")
+
+
+def test_cli_deploy_bench_and_rollback_with_invoke(sshd, device, bundle):
+    """invoke deploy / bench --host / rollback run the heartsound command end to end."""
+    root, first = device
+    common = ["--host", sshd.address, "--key", str(sshd.client_key), "--known-hosts",
+              str(sshd.known_hosts), "--root", str(root)]
+
+    def invoke(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["invoke", *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+
+    res = invoke("deploy", *common, "--remote-python", sys.executable,
+                 "--system-site-packages", "--offline", "--bundle", str(bundle.path))
+    assert res.returncode == 0, res.stderr
+    second = os.readlink(root / "current").removeprefix("releases/")
+    assert second != first and f"deployed {second}" in res.stdout
+    assert_still_on(sshd, root, second)
+
+    res = invoke("bench", *common, "--runs", "20")
+    assert res.returncode == 0, res.stderr
+    assert second in res.stdout and "whole window" in res.stdout
+    row = next(ln for ln in res.stdout.splitlines() if ln.startswith("whole window"))
+    mean_ms = float(row.split()[2])
+    assert 0 < mean_ms < 10_000
+
+    res = invoke("rollback", *common)
+    assert res.returncode == 0, res.stderr
+    assert f"current is now {first}" in res.stdout
+    assert_still_on(sshd, root, first)
+
+    res = subprocess.run([HEARTSOUND, "deploy", "--rollback", *common], capture_output=True,
+                         text=True)
+    assert res.returncode == DeviceError.exit_code
+    assert "nothing to roll back to" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert_still_on(sshd, root, first)
+
+
+# ---------------------------------------------------------------------------------------------
+# failures: each one line, and the device stays on its release
+
+
+def test_failed_smoke_screening_keeps_previous_release(sshd, device, broken_bundle):
+    root, name = device
+    current = os.readlink(root / "current").removeprefix("releases/")
+    before = releases(root)
+    # a lock left two hours ago by a deploy whose link died does not block this one
+    (root / remote.LOCK).mkdir()
+    two_hours_ago = time.time() - 7200
+    os.utime(root / remote.LOCK, (two_hours_ago, two_hours_ago))
+    with pytest.raises(DeviceError) as err:
+        remote.deploy(broken_bundle, remote.Target.parse(sshd.address), options(sshd, root))
+    msg = str(err.value)
+    print(msg)
+    assert "failed at smoke screening" in msg and f"stays on {current}" in msg
+    assert "half-made release was removed" in msg and "\n" not in msg
+    assert releases(root) == before and not (root / remote.LOCK).exists()
+    assert_still_on(sshd, root, current)
+
+
+def test_concurrent_deploy_is_refused(sshd, device, bundle):
+    root, _ = device
+    current = os.readlink(root / "current")
+    (root / remote.LOCK).mkdir()  # another deploy is running right now
+    try:
+        with pytest.raises(DeviceError, match="stopped at taking the deploy lock: another "
+                                              "deploy or rollback .* is running"):
+            remote.deploy(bundle, remote.Target.parse(sshd.address), options(sshd, root))
+    finally:
+        (root / remote.LOCK).rmdir()
+    assert os.readlink(root / "current") == current
+
+
+def test_connection_cut_during_upload_keeps_previous_release(sshd, device, bundle):
+    root, _ = device
+    current = os.readlink(root / "current").removeprefix("releases/")
+    before = releases(root)
+    cut = []
+
+    def progress(name: str, sent: int, total: int) -> None:
+        if name.startswith("wheels/") and sent >= 32_768 and not cut:
+            cut.append(name)
+            sshd.cut_sessions()  # the server side of this connection dies mid-file
+
+    with pytest.raises(DeviceError) as err:
+        remote.deploy(bundle, remote.Target.parse(sshd.address), options(sshd, root),
+                      progress=progress)
+    assert cut, "the upload never reached the wheel"
+    msg = str(err.value)
+    print(msg)
+    assert f"failed at uploading {cut[0]}: connection lost" in msg, msg
+    assert f"stays on {current}" in msg and "\n" not in msg
+    assert releases(root) == before  # cleaned up over a fresh connection
+    assert_still_on(sshd, root, current)
+
+
+def test_unknown_host_key_is_refused(sshd, device, tmp_path):
+    root, _ = device
+    current = os.readlink(root / "current")
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(DeviceError, match=r"host key not in .*ssh-keyscan -p "):
+        remote.list_releases(remote.Target.parse(sshd.address),
+                             options(sshd, root, known_hosts=empty))
+    # through the command line: exit code 7 and one line, no traceback
+    res = subprocess.run([HEARTSOUND, "deploy", "--host", sshd.address, "--key",
+                          str(sshd.client_key), "--known-hosts", str(empty), "--root",
+                          str(root), "--bundle", str(tmp_path / "unused")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == DeviceError.exit_code
+    assert res.stderr.count("\n") <= 2 and "host key not in" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert os.readlink(root / "current") == current
+
+
+def test_changed_host_key_is_refused(sshd, device, tmp_path):
+    root, _ = device
+    other = keygen(tmp_path / "other_host")
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} " +
+                     " ".join((tmp_path / "other_host.pub").read_text().split()[:2]) + "\n")
+    assert other.exists()
+    with pytest.raises(DeviceError, match="host key CHANGED"):
+        remote.list_releases(remote.Target.parse(sshd.address),
+                             options(sshd, root, known_hosts=known))
+
+
+def test_wrong_key_is_refused(sshd, device, tmp_path):
+    root, name = device
+    wrong = keygen(tmp_path / "wrong")
+    with pytest.raises(DeviceError, match="login refused with key .*authorized_keys"):
+        remote.list_releases(remote.Target.parse(sshd.address),
+                             options(sshd, root, key=wrong))
+
+
+def test_unreachable_host(sshd, tmp_path):
+    target = remote.Target.parse(f"{sshd.user}@127.0.0.1:{free_port()}")
+    with pytest.raises(DeviceError, match="cannot connect .*runs sshd"):
+        remote.list_releases(target, options(sshd, tmp_path, connect_timeout=3))
+
+
+def test_device_without_python_311(sshd, device, bundle, tmp_path):
+    root, _ = device
+    current = os.readlink(root / "current").removeprefix("releases/")
+    old = tmp_path / "python3.9"
+    old.write_text("#!/bin/sh\necho 3.9.2\n")
+    old.chmod(0o755)
+    before = releases(root)
+    with pytest.raises(DeviceError, match=r"'.*python3.9' is Python 3.9.2, heartsound needs "
+                                          r"3.11\+.*nothing was changed"):
+        remote.deploy(bundle, remote.Target.parse(sshd.address),
+                      options(sshd, root, python=str(old)))
+    with pytest.raises(DeviceError, match="no '/nonexistent/python3' on the device"):
+        remote.deploy(bundle, remote.Target.parse(sshd.address),
+                      options(sshd, root, python="/nonexistent/python3"))
+    assert releases(root) == before
+    assert_still_on(sshd, root, current)
+
+
+def test_user_values_never_reach_the_shell_unquoted(sshd, tmp_path):
+    """A --root crafted to run a command creates odd folder names, never the command."""
+    evil = f"{tmp_path}/a b;touch {tmp_path}/pwned;$(touch {tmp_path}/pwned2)"
+    with pytest.raises(DeviceError, match="characters a systemd unit cannot take"):
+        remote.list_releases(remote.Target.parse(sshd.address), options(sshd, Path(evil)))
+    assert list(tmp_path.iterdir()) == []  # refused before anything reached the device
+    # a name the shell would split or expand is still one argument once it gets there
+    odd = tmp_path / "x"
+    conn = remote.connect(remote.Target.parse(sshd.address), options(sshd, odd))
+    try:
+        device = remote.Device(conn, remote.Target.parse(sshd.address))
+        device.run("probe", remote._sh("touch", "--", f"{odd}/a b;touch {tmp_path}/pwned"))
+    except remote.StepFailed as exc:
+        assert "No such file" in exc.reason
+    finally:
+        conn.close()
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.fixture(scope="module")
+def small_disk(tmp_path_factory):
+    """A second sshd whose device root is a 24 MB tmpfs in its own mount namespace."""
+    folder = tmp_path_factory.mktemp("smalldisk")
+    disk = folder / "disk"
+    disk.mkdir()
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            f"mount -t tmpfs -o size=1m tmpfs {disk}"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a mount namespace here ({probe.stderr!r})")
+    server = SshServer(folder / "sshd", tmpfs=(disk, "24m"))
+    yield server, disk
+    server.stop()
+
+
+def test_full_disk_keeps_previous_release(small_disk, bundle):
+    server, disk = small_disk
+    target = remote.Target.parse(server.address)
+    root = disk / "heartsound"
+    first = remote.deploy(bundle, target, options(server, root, min_free_mb=4))
+    # fill the device's disk (through ssh: the tmpfs exists only in sshd's namespace)
+    fill = on_device(server, f"head -c $(( $(df -Pk {disk} | tail -1 | awk '{{print $4}}') "
+                             f"* 1024 - 400000 )) /dev/zero > {disk}/filler; df -Pk {disk}")
+    assert fill.returncode == 0, fill.stderr
+    listing = f"ls -A {root}/releases; readlink {root}/current"
+    before = on_device(server, listing).stdout
+
+    # the free-space check refuses before anything is written ...
+    with pytest.raises(DeviceError, match=r"checking free space: device disk full at .*MB "
+                                          r"free, need about"):
+        remote.deploy(bundle, target, options(server, root))
+    assert on_device(server, listing).stdout == before
+    # ... and a disk that fills up during the install is recognised as such too
+    with pytest.raises(DeviceError) as err:
+        remote.deploy(bundle, target, options(server, root, min_free_mb=0))
+    msg = str(err.value)
+    print(msg)
+    assert "device disk full at" in msg and f"stays on {first}" in msg, msg
+    assert on_device(server, listing).stdout == before
+    on_device(server, f"rm -f {disk}/filler")
+    res = on_device(server, f"{root}/current/bin/heartsound screen --json --no-log "
+                            f"{EXAMPLES / 'physionet_d0014_abnormal.wav'}")
+    assert res.returncode == 0 and json.loads(res.stdout)["decision"]
+
+
+# ---------------------------------------------------------------------------------------------
+# offline bundle and safe extraction
+
+
+def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, link, 0o644
+    return info
+
+
+MALICIOUS = {
+    "dot-dot": [(_member("../escape"), b"x")],
+    "absolute": [(_member("/tmp/heartsound-escape-abs"), b"x")],
+    "symlink-outside": [(_member("evil", tarfile.SYMTYPE, "../.."), None)],
+    "symlink-absolute": [(_member("evil", tarfile.SYMTYPE, "/etc"), None)],
+    "dot-dot-inside-link": [(_member("d", tarfile.SYMTYPE, "."), None),
+                            (_member("d/../escape"), b"x")],
+    "hardlink-outside": [(_member("h", tarfile.LNKTYPE, "../outside.txt"), None)],
+    "device-node": [(_member("dev", tarfile.CHRTYPE), None)],
+    "fifo": [(_member("fifo", tarfile.FIFOTYPE), None)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALICIOUS))
+def test_safe_extract_refuses_malicious_archives(tmp_path, case):
+    (tmp_path / "outside.txt").write_text("keep")
+    archive = _tar(tmp_path / "evil.tar.gz", MALICIOUS[case])
+    dest = tmp_path / "dest"
+    with pytest.raises(UnsafeArchiveError, match="refusing to extract"):
+        safe_extract(archive, dest)
+    assert isinstance(UnsafeArchiveError("x"), DataError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "evil.tar.gz", "outside.txt"]
+    assert not Path("/tmp/heartsound-escape-abs").exists()
+    assert (tmp_path / "outside.txt").read_text() == "keep"
+
+
+def test_safe_extract_keeps_links_inside_and_masks_modes(tmp_path):
+    setuid = _member("bin/tool")
+    setuid.mode = 0o4777
+    archive = _tar(tmp_path / "ok.tar.gz", [
+        (_member("bin", tarfile.DIRTYPE), None), (setuid, b"#!/bin/sh\n"),
+        (_member("link", tarfile.SYMTYPE, "bin/tool"), None),
+        (_member("hard", tarfile.LNKTYPE, "bin/tool"), None)])
+    names = safe_extract(archive, tmp_path / "dest")
+    assert names == ["bin", "bin/tool", "link", "hard"]
+    assert stat.S_IMODE((tmp_path / "dest/bin/tool").stat().st_mode) == 0o755
+    assert (tmp_path / "dest/link").read_text() == "#!/bin/sh\n"
+    with pytest.raises(UnsafeArchiveError, match="not a readable tar"):
+        safe_extract(tmp_path / "dest/bin/tool", tmp_path / "dest2")
+
+
+def test_safe_extract_does_not_write_through_a_link_already_on_disk(tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "pre").symlink_to(tmp_path)  # e.g. left by an earlier, careless extraction
+    archive = _tar(tmp_path / "a.tar.gz", [(_member("pre/escape"), b"x")])
+    with pytest.raises(UnsafeArchiveError, match="would be written outside"):
+        safe_extract(archive, dest)
+    assert not (tmp_path / "escape").exists()
+
+
+def _unpack(archive: Path, where: Path) -> Path:
+    where.mkdir()
+    subprocess.run(["tar", "-xzf", str(archive), "-C", str(where)], check=True)
+    return next(where.iterdir())
+
+
+def test_offline_bundle_installs_without_network(bundle, tmp_path):
+    archive = build_offline_bundle(bundle, tmp_path / "hs-offline.tar.gz")
+    top = _unpack(archive, tmp_path / "stick")
+    root = tmp_path / "bedside"
+    args = ["sh", str(top / "install.sh"), "--root", str(root), "--python", sys.executable,
+            "--system-site-packages"]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    first = os.readlink(root / "current").removeprefix("releases/")
+    assert remote.RELEASE_NAME.match(first) and f"installed {first}" in res.stdout
+    assert stat.S_IMODE((root / "data").stat().st_mode) == 0o700
+    screen = subprocess.run([str(root / "current/bin/heartsound"), "screen", "--json",
+                             "--no-log", str(EXAMPLES / "physionet_a0336_abnormal.wav")],
+                            capture_output=True, text=True)
+    assert screen.returncode == 0 and json.loads(screen.stdout)["decision"]
+
+    old = tmp_path / "python3.9"
+    old.write_text("#!/bin/sh\ncase \"$1\" in -V) echo Python 3.9.2;; *) exit 1;; esac\n")
+    old.chmod(0o755)
+    res = subprocess.run(args[:5] + [str(old)], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stderr.strip() == ("install.sh: Python 3.9.2 is too old, heartsound needs "
+                                  "Python 3.11+; install a newer one or pass --python PATH")
+
+    # a payload that tries to escape: refused by safe_extract, nothing written, same current
+    evil = _tar(tmp_path / "evil.tar.gz", [(_member("../../escape"), b"x")])
+    shutil.copy(evil, top / "payload.tar.gz")
+    (top / "payload.tar.gz.sha256").write_text(sha256_file(evil) + "  payload.tar.gz\n")
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and "refusing to extract" in res.stderr
+    assert f"stays on releases/{first}" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert not (root / "escape").exists() and not (root / "releases" / "escape").exists()
+    assert [p.name for p in (root / "releases").iterdir()] == [first]
+    # a payload damaged on the stick: refused by its sha256
+    (top / "payload.tar.gz").write_bytes(b"damaged")
+    res = subprocess.run(args, capture_output=True, text=True)
+    assert res.returncode == 1 and "sha256 differs" in res.stderr
+    assert os.readlink(root / "current") == f"releases/{first}"
+
+
+def test_cli_writes_offline_bundle(bundle, tmp_path):
+    out = tmp_path / "stick" / "hs.tar.gz"
+    res = subprocess.run([HEARTSOUND, "deploy", "--offline-bundle", str(out), "--bundle",
+                          str(bundle.path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert sha256_file(out) in res.stdout and "install.sh" in res.stdout
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+        assert tar.getmember(f"heartsound-{bundle.version}-offline/install.sh").mode == 0o755
+    assert f"heartsound-{bundle.version}-offline/payload.tar.gz" in names
+
+
+@pytest.mark.slow
+def test_offline_bundle_with_dependency_wheels_needs_no_system_packages(project_wheel,
+                                                                        tmp_path):
+    """The bedside case: a bare Python, no network; numpy and LiteRT come from the bundle."""
+    try:
+        deps = download_dependency_wheels(
+            tmp_path / "deps", platforms=manylinux_platforms(platform.machine(), "2.36"),
+            python_version="3.11")
+    except DownloadError as exc:
+        pytest.skip(f"no package registry to download the wheels from: {exc}")
+    assert any(p.name.startswith("ai_edge_litert-") for p in deps)
+    bundle = build_bundle(tmp_path / "bundle", wheel=project_wheel, dependency_wheels=deps)
+    assert bundle.manifest["dependency_wheels"] is True
+    top = _unpack(build_offline_bundle(bundle, tmp_path / "hs.tar.gz"), tmp_path / "stick")
+    root = tmp_path / "bedside"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull  # no index, no find-links from this machine's config
+    res = subprocess.run(["sh", str(top / "install.sh"), "--root", str(root), "--python",
+                          sys.executable], capture_output=True, text=True, timeout=600,
+                         env=env)
+    assert res.returncode == 0, res.stderr
+    probe = subprocess.run([str(root / "current/bin/python"), "-c",
+                            "import numpy, ai_edge_litert, edge, os; print(os.path.realpath("
+                            "numpy.__file__)); print(os.path.realpath(edge.__file__))"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    rel = os.path.realpath(root / "current")
+    assert all(line.startswith(rel + "/lib/") for line in probe.stdout.split()), probe.stdout
