@@ -12,6 +12,7 @@ APT_PACKAGES=(
   openssh-server               # real SSH server on 127.0.0.1 for deployment tests
   portaudio19-dev libasound2-plugins  # PyAudio against an ALSA file capture device
   gcc make cmake               # host builds of the C front end and the TFLM app
+  iproute2 util-linux          # network namespaces for the Ray cluster tests
 )
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -28,7 +29,7 @@ fi
 
 PYTHON=${PYTHON:-python3}
 echo "setup: installing heartsound with all extras into $($PYTHON -c 'import sys; print(sys.prefix)')"
-$PYTHON -m pip install -q --disable-pip-version-check -e ".[edge,mic,train,deploy,serial,dev]"
+$PYTHON -m pip install -q --disable-pip-version-check -e ".[edge,mic,train,deploy,serial,dev,cluster]"
 
 # The interpreter older Raspberry Pi images run (tflite-runtime 2.14 needs numpy<2), in its
 # own environment: the tests prove it gives the same bits as ai-edge-litert.

@@ -3,11 +3,18 @@
 Output is for a person by default and JSON (one object per recording) with ``--json``.
 Exit code 0 means every recording got a result (``unsure`` is a result: it tells the
 clinician to retake); bad input gets its own code (see ``heartsound --help``).
+
+Batch screening (``--workers``, ``--ray``, ``--csv``, ``--resume``; see
+:mod:`edge.commands.screen_batch`) streams one row per recording as results arrive,
+turns a recording that fails into a row with its error, and exits with 0 when every
+recording got a result row, else with the exit code of the first failed recording in
+input order.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import sys
 from pathlib import Path
@@ -15,12 +22,14 @@ from pathlib import Path
 from edge.errors import HeartsoundError, UsageError
 
 MIC_DEFAULT_SECONDS = 20.0
+GLOB_CHARS = "*?["
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="*", type=Path, metavar="WAV",
-                        help="recordings to screen: WAV files or folders of them (any rate, "
-                        "8/16/24/32-bit or float, mono or multichannel)")
+                        help="recordings to screen: WAV files, folders of them or glob "
+                        "patterns such as 'archive/**/*.wav' (any rate, 8/16/24/32-bit or "
+                        "float, mono or multichannel)")
     parser.add_argument("--mic", action="store_true",
                         help="record from the microphone instead of reading files")
     parser.add_argument("--seconds", type=float, default=MIC_DEFAULT_SECONDS,
@@ -43,6 +52,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, metavar="PNG",
                         help="write a picture: waveform, MFCC image and per-window scores "
                         "(needs matplotlib; one recording only)")
+    batch = parser.add_argument_group(
+        "batch screening", "many recordings in parallel; one row per recording, streamed as "
+        "results arrive; a recording that fails is a row with its error and exit code; exit "
+        "code 0 when every recording got a result row, else that of the first failed "
+        "recording in input order")
+    batch.add_argument("--workers", type=int, metavar="N",
+                       help="screen in N processes on this machine (default 1); with --ray, "
+                       "N actors (default: one per CPU of the cluster)")
+    batch.add_argument("--ray", metavar="ADDRESS",
+                       help="screen on a Ray cluster: the head's HOST:PORT, 'auto' on a "
+                       "cluster node, or ray://HOST:10001 (needs the 'cluster' extra; the "
+                       "recordings must be at the same paths on every node)")
+    batch.add_argument("--csv", metavar="FILE|-",
+                       help="write one CSV row per recording to FILE or stdout ('-')")
+    batch.add_argument("--resume", metavar="OUT",
+                       help="append rows to OUT (JSON Lines, or CSV with --csv OUT or a .csv "
+                       "name), skipping recordings OUT already has a row for (error rows "
+                       "too: delete them to retry)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
 
     _check(args)
     screener = Screener(args.model)
+    if is_batch(args):
+        from edge.commands.screen_batch import run_batch
+
+        return run_batch(args, screener)
     if args.mic:
         return _finish(args, screener, [_screen_mic(args, screener)])
     results, first_error = [], 0
@@ -64,17 +95,40 @@ def run(args: argparse.Namespace) -> int:
     return _finish(args, screener, results) or first_error
 
 
+def is_batch(args: argparse.Namespace) -> bool:
+    """True when an option asks for batch screening (rows streamed, errors as rows)."""
+    return bool(args.workers is not None or args.ray or args.csv or args.resume)
+
+
 def _check(args: argparse.Namespace) -> None:
     if args.mic == bool(args.paths):
         raise UsageError("give WAV files or folders to screen, or --mic (not both)")
     if args.report and (args.mic is False and len(args.paths) != 1):
         raise UsageError("--report draws one recording: give exactly one WAV file")
+    if is_batch(args) and (args.mic or args.report):
+        raise UsageError("--workers, --ray, --csv and --resume screen files; drop --mic and "
+                         "--report")
+
+
+def _expand_globs(paths: list[Path]) -> list[Path]:
+    """Glob patterns the shell left alone (quoted, or from a script) expand here, sorted;
+    ``**`` matches any depth. A path that exists is never taken for a pattern."""
+    out: list[Path] = []
+    for p in paths:
+        if p.exists() or not any(c in str(p) for c in GLOB_CHARS):
+            out.append(p)
+            continue
+        found = sorted(glob.glob(str(p), recursive=True))
+        if not found:
+            raise UsageError(f"{p}: no file or folder matches this pattern; check it")
+        out.extend(Path(f) for f in found)
+    return out
 
 
 def _wav_files(paths: list[Path]) -> list[Path]:
     """Files as given; folders expand to their .wav files in name order."""
     out: list[Path] = []
-    for p in paths:
+    for p in _expand_globs(paths):
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.suffix.lower() == ".wav")
             if not found:
@@ -128,19 +182,26 @@ def _finish(args, screener, results) -> int:
 
 
 def _log(args, screener, results) -> None:
-    from edge.screening_log import Screening, ScreeningLog
+    from edge.screening_log import ScreeningLog
 
     with ScreeningLog(args.db) as log:
         for result, pcm in results:
-            log.add(Screening(
-                decision=result.decision, probability=result.probability_abnormal,
-                window_scores=[w["probability_abnormal"] for w in result.windows],
-                model_sha256=result.model_sha256, spec_json=screener.spec.to_json(),
-                file=result.file, patient_id=args.patient,
-                quality_reason=result.quality.get("reason"), latency_ms=result.latency_ms,
-                audio=pcm if args.keep_audio else None,
-                audio_rate=screener.spec.sample_rate_hz if args.keep_audio else None,
-            ))
+            log.add(log_record(args, screener, result.to_dict(), pcm))
+
+
+def log_record(args, screener, row: dict, pcm):
+    """The log's record of one screening, from its JSON row (single or batch path)."""
+    from edge.screening_log import Screening
+
+    return Screening(
+        decision=row["decision"], probability=row["probability_abnormal"],
+        window_scores=[w["probability_abnormal"] for w in row["windows"]],
+        model_sha256=row["model_sha256"], spec_json=screener.spec.to_json(),
+        file=row["file"], patient_id=args.patient,
+        quality_reason=row["quality"].get("reason"), latency_ms=row["latency_ms"],
+        audio=pcm if args.keep_audio else None,
+        audio_rate=screener.spec.sample_rate_hz if args.keep_audio else None,
+    )
 
 
 def _describe(result) -> str:

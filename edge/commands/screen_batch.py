@@ -1,0 +1,174 @@
+"""`heartsound screen --workers/--ray/--csv/--resume`: many recordings, one row each.
+
+The engines (:mod:`edge.batch` on this machine, :mod:`edge.batch_ray` on a cluster)
+return outcomes; this process alone writes them: first to the screening log, then to
+the output. Why that order: the output is what ``--resume`` trusts, so a row is
+written only once its screening is stored; a log that fails stops the job (exit 7) and
+a rerun with ``--resume`` continues where it stopped. No screening is ever missing from
+the log; a kill between the two writes can log one screening twice.
+
+Why the first error's code is taken in input order, not completion order: the exit code
+of a rerun must not depend on which worker happened to finish first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from edge.batch import Job, Outcome, jobs_for, screen_local
+from edge.batch_output import STDOUT, RowWriter, done_files, open_writer
+from edge.commands.screen import _describe, _wav_files, log_record
+from edge.errors import UsageError
+from edge.screening import ScreeningResult
+
+__all__ = ["run_batch"]
+
+
+def run_batch(args: argparse.Namespace, screener) -> int:
+    """Screen every recording of ``args.paths``; 0 or the first failed one's exit code."""
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: give at least 1")
+    fmt, dest = _output(args)
+    names = list(dict.fromkeys(str(p) for p in _wav_files(args.paths)))
+    names = _skip_done(args, names, fmt)
+    jobs = jobs_for(names, absolute=bool(args.ray))
+    if not jobs:
+        return 0
+    try:
+        return _run_jobs(args, screener, jobs, fmt, dest)
+    except BrokenPipeError:
+        # The reader of stdout left (`| head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _run_jobs(args, screener, jobs: list[Job], fmt: str | None, dest: str | None) -> int:
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(_rows_only_stdout()) if args.ray else sys.stdout
+        bar = stack.enter_context(_progress(len(jobs)))
+        notify = _notifier(bar)
+        outcomes = _engine(args, jobs, notify)  # first: an unreachable cluster fails here
+        stack.callback(outcomes.close)
+        log = None if args.no_log else stack.enter_context(_open_log(args))
+        writer = open_writer(dest, fmt, append=bool(args.resume), stdout=out) if fmt else None
+        if writer is not None:
+            stack.callback(writer.close)
+        return _drain(args, screener, outcomes, writer, log, bar, notify, out)
+
+
+def _output(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(format, destination): ("jsonl"|"csv", path or "-"), or (None, None) for text."""
+    if args.json and args.csv:
+        raise UsageError("choose one output: --json or --csv")
+    if args.resume:
+        if args.csv not in (None, args.resume):
+            raise UsageError(f"--resume {args.resume} appends to its own file; give --csv "
+                             f"{args.resume} or leave --csv out")
+        is_csv = bool(args.csv) or Path(args.resume).suffix.lower() == ".csv"
+        if is_csv and args.json:
+            raise UsageError(f"--resume {args.resume} is a CSV name but --json was given")
+        return ("csv" if is_csv else "jsonl"), args.resume
+    if args.csv:
+        return "csv", args.csv
+    return ("jsonl", STDOUT) if args.json else (None, None)
+
+
+def _skip_done(args: argparse.Namespace, names: list[str], fmt: str | None) -> list[str]:
+    if not args.resume:
+        return names
+    done, cut = done_files(args.resume, fmt)
+    if cut:
+        print(f"heartsound: {args.resume}: dropped a half-written last row from an "
+              "interrupted run; that recording is screened again", file=sys.stderr)
+    todo = [n for n in names if n not in done]
+    if len(todo) < len(names):
+        print(f"heartsound: {args.resume} already has {len(names) - len(todo)} of these "
+              f"{len(names)} recordings; screening the other {len(todo)}", file=sys.stderr)
+    return todo
+
+
+def _engine(args: argparse.Namespace, jobs: list[Job], notify) -> Iterator[Outcome]:
+    keep = bool(args.keep_audio)
+    if args.ray:
+        from edge.batch_ray import screen_ray  # imported only here: the Pi never loads Ray
+
+        return screen_ray(jobs, args.model, args.ray, actors=args.workers, keep_audio=keep,
+                          notify=notify)
+    return screen_local(jobs, args.model, workers=args.workers or 1, keep_audio=keep,
+                        notify=notify)
+
+
+def _open_log(args: argparse.Namespace):
+    """Opened before the first recording: a log that cannot be written fails at once."""
+    from edge.screening_log import ScreeningLog
+
+    return ScreeningLog(args.db)
+
+
+def _drain(args, screener, outcomes, writer: RowWriter | None, log, bar, notify, out) -> int:
+    first_error: tuple[int, int] | None = None  # (input index, exit code)
+    for outcome in outcomes:
+        if outcome.ok and log is not None:
+            log.add(log_record(args, screener, outcome.result, outcome.pcm))
+        _emit(outcome, writer, notify, out)
+        if not outcome.ok and (first_error is None or outcome.index < first_error[0]):
+            first_error = (outcome.index, outcome.exit_code)
+        if bar is not None:
+            bar.update(1)
+    return first_error[1] if first_error else 0
+
+
+def _emit(outcome: Outcome, writer: RowWriter | None, notify, out) -> None:
+    if not outcome.ok:
+        notify(f"heartsound: {outcome.error}")
+    if writer is not None:
+        writer.write(outcome.row())
+    elif outcome.ok:
+        print(_describe(ScreeningResult(**outcome.result)), file=out, flush=True)
+
+
+@contextlib.contextmanager
+def _rows_only_stdout():
+    """A stream on the real stdout for our rows, while file descriptor 1 and sys.stdout
+    point at stderr: Ray's driver prints cluster messages ("(raylet) A worker died...")
+    on stdout, from Python and from C++, and they must not land among the rows."""
+    sys.stdout.flush()
+    rows = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    saved = sys.stdout
+    os.dup2(sys.stderr.fileno(), saved.fileno())
+    sys.stdout = sys.stderr
+    try:
+        yield rows
+    finally:
+        rows.flush()
+        sys.stdout = saved
+        os.dup2(rows.fileno(), saved.fileno())
+        rows.close()
+
+
+@contextlib.contextmanager
+def _progress(total: int):
+    """A tqdm bar on stderr when tqdm is installed and stderr is a terminal, else None."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield None
+        return
+    bar = tqdm(total=total, unit="rec", file=sys.stderr, disable=None, dynamic_ncols=True,
+               desc="screening")
+    try:
+        yield None if bar.disable else bar
+    finally:
+        bar.close()
+
+
+def _notifier(bar):
+    """One-line notes on stderr that do not tear the progress bar."""
+    if bar is None:
+        return lambda message: print(message, file=sys.stderr, flush=True)
+    return lambda message: bar.write(message, file=sys.stderr)
