@@ -1,0 +1,74 @@
+"""A training run folder -> the int8 .tflite the devices run, metadata inside.
+
+Everything the model file says about itself comes from the run folder, never from
+defaults: the FeatureSpec the features were computed with, the class names and their
+order, the validation threshold, the training data summary. The calibration windows are
+the run's own (training split, every source and class). The result is read back through
+the device's reader (:func:`edge.model_meta.read_model_meta`) before anyone writes it, so
+a model that the device would refuse is never produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from convert.metadata import add_metadata, build_document
+from convert.ops import check_tflm_ops
+from convert.quantize import check_representative, to_int8
+from convert.run_folder import RunFolder
+from edge.errors import ModelError, UsageError
+from edge.model_meta import read_model_meta
+
+VERSION_HASH_CHARS = 12
+
+
+def default_version(run: RunFolder) -> str:
+    """``<label set>-<architecture>-<sha256 of model.keras>``: names the exact weights."""
+    digest = hashlib.sha256(run.model_path.read_bytes()).hexdigest()[:VERSION_HASH_CHARS]
+    return f"{run.label_set}-{run.architecture}-{digest}"
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Refuse to overwrite without ``force``, and a path that cannot be a file."""
+    if out.is_dir():
+        raise UsageError(f"{out}: is a folder; pass --out with a .tflite file path")
+    if out.exists() and not force:
+        raise UsageError(f"{out}: already exists; pass --force to replace it or choose "
+                         "another --out")
+
+
+def convert_run(run: RunFolder, version: str | None = None) -> bytes:
+    """Full-int8 model of the run with its metadata; ModelError for anything unusable."""
+    rep = run.representative()
+    check_representative(rep, run.spec)
+    if rep.dtype.kind not in "iu":
+        raise ModelError(f"{run.path / 'representative.npy'}: holds {rep.dtype} values, the "
+                         "model takes the front end's int16 features; train the run again")
+    model = to_int8(str(run.model_path), rep, spec=run.spec, architecture=run.architecture)
+    check_tflm_ops(model, f"{run.path.name} ({run.architecture})")
+    document = build_document(model, spec=run.spec, class_names=run.class_names,
+                              threshold=run.threshold, normal_class=run.normal_class,
+                              training=run.training_summary(),
+                              version=version or default_version(run),
+                              architecture=run.architecture)
+    model = add_metadata(model, document)
+    read_model_meta(model, spec=run.spec, name="converted model")  # the device's own check
+    return model
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, then rename: a killed run leaves no half model."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

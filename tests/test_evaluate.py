@@ -1,0 +1,111 @@
+"""Metrics and the operating point: small arrays whose answers are worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from train.evaluate import (
+    binary_metrics,
+    choose_threshold,
+    class_metrics,
+    confusion_matrix,
+    evaluate_groups,
+    meets,
+    recording_scores,
+    roc_auc,
+    se_at_sp,
+)
+
+
+def test_auc_perfect_reversed_and_ties():
+    y = np.array([0, 0, 1, 1])
+    assert roc_auc(y, np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert roc_auc(y, np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+    assert roc_auc(y, np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    # negatives 0.2, 0.5; positives 0.5 (beats 0.2, ties 0.5), 0.9 (beats both): 3.5 / 4
+    assert roc_auc(y, np.array([0.2, 0.5, 0.5, 0.9])) == pytest.approx(0.875)
+    assert roc_auc(np.array([1, 1]), np.array([0.1, 0.2])) is None
+
+
+def test_auc_matches_pairwise_count():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 60)
+    s = rng.integers(0, 10, 60) / 10  # many ties
+    pos, neg = s[y == 1], s[y == 0]
+    pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    assert roc_auc(y, s) == pytest.approx(pairs / (len(pos) * len(neg)))
+
+
+def test_binary_metrics_counts():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.2, 0.6, 0.3, 0.2, 0.1])
+    m = binary_metrics(y, s, 0.5)
+    assert m["confusion"] == [[3, 1], [1, 3]]
+    assert (m["se"], m["sp"], m["macc"]) == (0.75, 0.75, 0.75)
+    assert m["n"] == 8 and m["n_abnormal"] == 4
+    only_normal = binary_metrics(np.zeros(3), np.array([0.1, 0.6, 0.2]), 0.5)
+    assert only_normal["se"] is None and only_normal["macc"] is None
+    assert only_normal["sp"] == pytest.approx(2 / 3)
+
+
+def test_se_at_sp():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.2, 0.6, 0.3, 0.2, 0.1])
+    # Sp >= 0.75 allows one false positive (0.6): threshold 0.6 catches 3 of 4
+    assert se_at_sp(y, s, 0.75) == 0.75
+    assert se_at_sp(y, s, 1.0) == 0.75  # threshold 0.7: no false positive
+    assert se_at_sp(y, s, 0.0) == 1.0
+
+
+def test_threshold_favours_sensitivity():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.2, 0.6, 0.3, 0.2, 0.1])
+    # Se >= 0.75 is reachable at 0.7 (Sp 1.0): best MAcc 0.875, threshold between 0.6 and 0.7
+    assert choose_threshold(y, s, min_se=0.75) == pytest.approx(0.65)
+    # Se 1.0 needs the threshold at 0.2: everything at or above 0.2 is abnormal
+    t = choose_threshold(y, s, min_se=1.0)
+    assert 0.1 < t <= 0.2
+    assert binary_metrics(y, s, t)["se"] == 1.0
+
+
+def test_threshold_tie_goes_to_the_lower_one():
+    y = np.array([1, 0, 1, 0])
+    s = np.array([0.8, 0.6, 0.4, 0.2])
+    # thresholds 0.8 -> (Se .5, Sp 1) MAcc .75; 0.4 -> (1, .5) MAcc .75: take the lower
+    assert choose_threshold(y, s, min_se=0.5) == pytest.approx(0.3)
+
+
+def test_threshold_needs_both_classes():
+    with pytest.raises(ValueError):
+        choose_threshold(np.ones(3), np.array([0.1, 0.2, 0.3]))
+
+
+def test_recording_scores_mean_of_windows():
+    probs = np.array([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8], [0.4, 0.6]])
+    rec = np.array([0, 0, 1, 1])
+    out = recording_scores(probs, rec, 2)
+    assert out == pytest.approx(np.array([[0.8, 0.2], [0.3, 0.7]]))
+    with pytest.raises(ValueError):
+        recording_scores(probs, rec, 3)  # recording 2 has no window
+
+
+def test_confusion_and_class_metrics():
+    y = np.array([0, 0, 1, 2, 2, 2])
+    probs = np.eye(3)[[0, 1, 1, 2, 2, 0]]
+    assert confusion_matrix(y, probs.argmax(1), 3).tolist() == [[1, 1, 0], [0, 1, 0],
+                                                                 [1, 0, 2]]
+    m = class_metrics(y, probs, ["normal", "murmur", "extrahls"])
+    assert m["recall"] == {"normal": 0.5, "murmur": 1.0, "extrahls": pytest.approx(2 / 3)}
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1 + 2 / 3) / 3)
+
+
+def test_evaluate_groups_per_source_and_overall():
+    y = np.array([0, 1, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
+    res = evaluate_groups(y, probs, ["a", "a", "b", "b", "b"], 0.5, ["normal", "abnormal"])
+    assert set(res) == {"a", "b", "overall"}
+    assert res["a"]["macc"] == 1.0
+    assert (res["b"]["se"], res["b"]["sp"]) == (0.5, 0.0)
+    assert res["overall"]["confusion"] == [[1, 1], [1, 2]]
+    assert meets(res["a"], 0.8, 0.85) and not meets(res["b"], 0.2, 0.85)

@@ -1,0 +1,102 @@
+"""The float pipeline the edge runtime replaces, timed on the same analysis window.
+
+``heartsound bench --baseline RUN_DIR`` compares the device's int8 path (fixed-point
+MFCC + int8 interpreter) with what a host would run without the edge work: the float64
+reference front end (:func:`edge.mfcc_reference.mfcc_reference`), the same per-window
+normalisation in float, and the run's float Keras model. Same audio, same window, same
+timing rules (:func:`edge.benchmark.timings_ms`), so the ratio is a like-for-like speed-up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edge.benchmark import timings_ms, window_audio
+from edge.errors import ModelError, UsageError
+from edge.mfcc_reference import mfcc_reference
+from edge.spec import FeatureSpec
+
+MODEL_FILE = "model.keras"
+SPEC_FILE = "spec.json"
+
+
+def float_windows(features: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """(n_windows, frames_per_window, n_ceps) float64: :func:`edge.mfcc.windows` without
+    the integer steps (the mean is exact, no floor division, no int16 saturation)."""
+    size, hop = spec.frames_per_window, spec.window_hop_frames
+    if features.shape[0] < size:
+        return np.zeros((0, size, spec.n_ceps))
+    n_win = 1 + (features.shape[0] - size) // hop
+    view = np.lib.stride_tricks.sliding_window_view(features, size, axis=0)
+    wins = view[: n_win * hop : hop].transpose(0, 2, 1).astype(np.float64)
+    if spec.normalise != "none":
+        cols = 1 if spec.normalise == "c0" else spec.n_ceps
+        wins[:, :, :cols] -= wins[:, :, :cols].mean(axis=1, keepdims=True)
+    return wins
+
+
+def load_float_model(run_dir: Path):
+    """The run's float Keras model (tf-keras, else Keras 3), uncompiled."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    path = run_dir / MODEL_FILE
+    try:
+        import tf_keras
+
+        return tf_keras.models.load_model(path, compile=False)
+    except (ValueError, TypeError, OSError):
+        import keras
+
+        try:
+            return keras.saving.load_model(path, compile=False)
+        except (ValueError, TypeError, OSError) as exc:
+            raise ModelError(f"{path}: not a loadable Keras model ({type(exc).__name__}); "
+                             "train the run again") from None
+
+
+def _run_spec(run_dir: Path, spec: FeatureSpec) -> FeatureSpec:
+    if not (run_dir / MODEL_FILE).is_file() or not (run_dir / SPEC_FILE).is_file():
+        raise UsageError(f"{run_dir}: not a training run folder (no {MODEL_FILE} or "
+                         f"{SPEC_FILE}); pass the folder written by `heartsound train`")
+    run_spec = FeatureSpec.from_json((run_dir / SPEC_FILE).read_text())
+    if run_spec != spec:
+        raise ModelError(f"{run_dir}: trained on another front end than the benchmarked model; "
+                         "pass the run the model was converted from")
+    return run_spec
+
+
+def bench_float(run_dir: str | Path, pcm: np.ndarray, spec: FeatureSpec, runs: int,
+                warmup: int) -> dict:
+    """Front end, model and whole-window timings (ms) of the float pipeline of ``run_dir``.
+
+    The model runs as one traced graph (``tf.function`` with a fixed input signature,
+    traced before timing), the cheapest way a host runs one input through Keras: eager
+    calls (an LSTM stepped in Python) or ``predict`` (dataset machinery per call) would be
+    several times slower and flatter the int8 path.
+    """
+    import tensorflow as tf
+
+    run_dir = Path(run_dir)
+    spec = _run_spec(run_dir, spec)
+    model = load_float_model(run_dir)
+    audio = window_audio(pcm, spec)
+
+    def front_end() -> np.ndarray:
+        return float_windows(mfcc_reference(audio, spec), spec).astype(np.float32)
+
+    inputs = front_end()
+    graph = tf.function(lambda x: model(x, training=False),
+                        input_signature=[tf.TensorSpec(inputs.shape, tf.float32)])
+    graph(inputs)  # trace once, outside the timings
+
+    def infer() -> np.ndarray:
+        return graph(inputs).numpy()
+
+    def whole() -> np.ndarray:
+        return graph(front_end()).numpy()
+
+    return {"front_end_ms": timings_ms(front_end, runs, warmup),
+            "model_ms": timings_ms(infer, runs, warmup),
+            "window_ms": timings_ms(whole, runs, warmup)}

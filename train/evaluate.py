@@ -1,0 +1,179 @@
+"""Screening metrics, the operating point, and recording-level decisions (numpy only).
+
+A clinician acts on a recording, not on a 3 s window, so the headline figures are per
+recording: a recording's score is the mean of its windows' probabilities (the same rule
+the device applies), and the window-level figures are reported beside them.
+
+The decision threshold is chosen on validation recordings only and favours sensitivity,
+as a screening tool must: among the thresholds that keep validation sensitivity at or
+above ``min_se``, the one with the best MAcc (ties: the lower threshold). The test split
+never influences it. ``Se at Sp >= 0.75`` is reported from the test ROC as a
+threshold-free view of the same trade-off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+DEFAULT_MIN_SE = 0.9
+REPORT_MIN_SP = 0.75
+THRESHOLD_FLOOR = 0.0
+
+
+def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC (Mann-Whitney, ties count one half); None with one class."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Se, Sp, MAcc, AUC and the 2x2 counts; positive (abnormal) when score >= threshold.
+
+    Se (Sp) is None when the split holds no abnormal (normal) recording; MAcc then too.
+    """
+    y = np.asarray(y_true).astype(bool)
+    pred = np.asarray(scores, dtype=np.float64) >= threshold
+    tp, fn = int((pred & y).sum()), int((~pred & y).sum())
+    tn, fp = int((~pred & ~y).sum()), int((pred & ~y).sum())
+    se = tp / (tp + fn) if tp + fn else None
+    sp = tn / (tn + fp) if tn + fp else None
+    macc = (se + sp) / 2 if se is not None and sp is not None else None
+    return {
+        "n": int(y.size), "n_abnormal": tp + fn, "n_normal": tn + fp,
+        "se": se, "sp": sp, "macc": macc, "auc": roc_auc(y, scores),
+        "se_at_sp75": se_at_sp(y, scores, REPORT_MIN_SP),
+        "confusion": [[tn, fp], [fn, tp]],  # rows true normal/abnormal, cols predicted
+    }
+
+
+def _roc_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds descending, Se, Sp) at every distinct score, plus +inf (all normal)."""
+    thresholds = np.concatenate([[np.inf], np.unique(s)[::-1]])
+    pos, neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
+    y_pos_scores = np.sort(s[y])
+    y_neg_scores = np.sort(s[~y])
+    tp = len(y_pos_scores) - np.searchsorted(y_pos_scores, thresholds, side="left")
+    fp = len(y_neg_scores) - np.searchsorted(y_neg_scores, thresholds, side="left")
+    return thresholds, tp / pos, 1.0 - fp / neg
+
+
+def se_at_sp(y_true: np.ndarray, scores: np.ndarray, min_sp: float) -> float | None:
+    """Best sensitivity over thresholds whose specificity is at least ``min_sp``."""
+    y = np.asarray(y_true).astype(bool)
+    if y.all() or not y.any():
+        return None
+    _, se, sp = _roc_points(y, np.asarray(scores, dtype=np.float64))
+    ok = sp >= min_sp - 1e-12
+    return float(se[ok].max()) if ok.any() else 0.0
+
+
+def choose_threshold(y_true: np.ndarray, scores: np.ndarray,
+                     min_se: float = DEFAULT_MIN_SE) -> float:
+    """The validation operating point (module docstring): best MAcc with Se >= min_se.
+
+    The threshold returned is the midpoint between the chosen score and the next lower
+    one, so a test score equal to a validation score is not decided by a rounding.
+    """
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.all() or not y.any():
+        raise ValueError("choose_threshold needs both classes in the validation scores")
+    thresholds, se, sp = _roc_points(y, s)
+    macc = (se + sp) / 2
+    ok = se >= min_se - 1e-12
+    # +inf is never ok (Se 0); the lowest score always is (Se 1)
+    candidates = np.flatnonzero(ok)
+    best_macc = macc[candidates].max()
+    # thresholds descend: the last index among the best is the lowest threshold
+    best = candidates[np.flatnonzero(np.isclose(macc[candidates], best_macc))[-1]]
+    lower = s[s < thresholds[best]]
+    below = lower.max() if lower.size else THRESHOLD_FLOOR
+    return float((thresholds[best] + below) / 2)
+
+
+def recording_scores(window_probs: np.ndarray, recording_index: np.ndarray,
+                     n_recordings: int) -> np.ndarray:
+    """Mean window probability per recording: (n_windows, k) -> (n_recordings, k)."""
+    probs = np.asarray(window_probs, dtype=np.float64)
+    probs = probs[:, None] if probs.ndim == 1 else probs
+    sums = np.zeros((n_recordings, probs.shape[1]))
+    np.add.at(sums, recording_index, probs)
+    counts = np.bincount(recording_index, minlength=n_recordings).astype(np.float64)
+    if (counts == 0).any():
+        raise ValueError("every recording needs at least one window")
+    return sums / counts[:, None]
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts, rows = true class, columns = predicted class."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return cm
+
+
+def class_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
+    """Multi-class view (argmax): confusion matrix, recall per class, balanced accuracy."""
+    pred = np.asarray(probs).argmax(axis=1)
+    cm = confusion_matrix(y_true, pred, len(classes))
+    support = cm.sum(axis=1)
+    recall = {c: (float(cm[i, i] / support[i]) if support[i] else None)
+              for i, c in enumerate(classes)}
+    present = [r for r in recall.values() if r is not None]
+    return {
+        "confusion": cm.tolist(),
+        "recall": recall,
+        "balanced_accuracy": float(np.mean(present)) if present else None,
+        "accuracy": float((pred == np.asarray(y_true)).mean()) if len(pred) else None,
+    }
+
+
+def screening_score(probs: np.ndarray, normal_index: int = 0) -> np.ndarray:
+    """P(abnormal) = 1 - P(normal): the screening decision of any class set."""
+    return 1.0 - np.asarray(probs)[:, normal_index]
+
+
+def evaluate_groups(
+    y_class: np.ndarray,
+    probs: np.ndarray,
+    sources: Sequence[str],
+    threshold: float,
+    classes: Sequence[str],
+) -> dict:
+    """Screening metrics per source and overall (plus class metrics with > 2 classes)."""
+    y_class = np.asarray(y_class)
+    src = np.asarray(sources)
+    out: dict[str, dict] = {}
+    for name in [*sorted(set(src.tolist())), "overall"]:
+        mask = np.ones(len(src), bool) if name == "overall" else src == name
+        out[name] = _evaluate_mask(y_class[mask], probs[mask], threshold, classes)
+    return out
+
+
+def _evaluate_mask(y_class: np.ndarray, probs: np.ndarray, threshold: float,
+                   classes: Sequence[str]) -> dict:
+    y_abn = y_class != classes.index("normal")
+    result = binary_metrics(y_abn, screening_score(probs, classes.index("normal")), threshold)
+    if len(classes) > 2:
+        result["classes"] = class_metrics(y_class, probs, classes)
+    return result
+
+
+def meets(result: Mapping, min_macc: float, min_se: float | None = None) -> bool:
+    """True when MAcc (and Se, if given) reach the targets; False when undefined."""
+    macc, se = result.get("macc"), result.get("se")
+    if macc is None or macc < min_macc:
+        return False
+    return min_se is None or (se is not None and se >= min_se)
