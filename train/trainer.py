@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from convert.quantize import representative_windows as draw_representative
 from edge.errors import DataError
 from edge.spec import FeatureSpec
 from train.augment import AugmentConfig, draw_variants, noise_bank
@@ -210,16 +211,13 @@ def window_weights(win: Windows, rec: Recordings, cells: dict) -> np.ndarray:
 
 
 def representative_windows(win: Windows, rec: Recordings, n: int, seed: int) -> np.ndarray:
-    """About ``n`` training windows spread over every (source, class) cell (int16)."""
-    rng = np.random.default_rng(seed)
+    """About ``n`` training windows spread over every (source, class) cell (int16).
+
+    Cells rather than classes alone, so every stethoscope's range calibrates the int8
+    model; the drawing itself is the converter's one rule.
+    """
     keys = np.array([f"{rec.records[r].source}/{rec.y[r]}" for r in win.recording])
-    cells = sorted(set(keys.tolist()))
-    per_cell = max(1, n // len(cells))
-    picks = []
-    for cell in cells:
-        where = np.flatnonzero(keys == cell)
-        picks.append(rng.choice(where, min(per_cell, len(where)), replace=False))
-    return win.x[np.sort(np.concatenate(picks))].astype(np.int16)
+    return draw_representative(win.x, keys, n=n, seed=seed).astype(np.int16)
 
 
 # ------------------------------------------------------------------------ training
