@@ -21,7 +21,6 @@ the hashes have been checked.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
@@ -33,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from edge.errors import DeviceError, DownloadError, ModelError, UsageError
+from edge.offline_install import sha256_file  # the device-side installer's own hash
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = PROJECT_DIR / "examples"
@@ -50,7 +50,6 @@ UNIT_TEMPLATE = "heartsound-screen.service.in"
 ROOT_PLACEHOLDER = "@ROOT@"
 USER_PLACEHOLDER = "@USER@"
 SERVICE_NAME = "heartsound-screen"
-HASH_CHUNK = 1 << 20
 OLDEST_GLIBC_MINOR = 17  # manylinux2014 = glibc 2.17: the oldest tag current wheels carry
 WHEEL_NAME = re.compile(r"^heartsound-(?P<version>[^-]+)-.*\.whl$")
 
@@ -117,14 +116,6 @@ class Bundle:
     def role(self, name: str) -> str:
         """Relative path of the file playing `name` ('wheel', 'model', 'smoke')."""
         return self.manifest[name]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def device_requirements(project_dir: Path = PROJECT_DIR) -> list[str]:
