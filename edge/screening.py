@@ -118,3 +118,22 @@ class Screener:
             windows=[{"start_s": round(i * hop, 3), "probability_abnormal": round(float(p), 6)}
                      for i, p in enumerate(per_window)],
         )
+
+
+def describe(result: ScreeningResult, where: str | None = None) -> str:
+    """One line a clinician can read at a glance, then the detail.
+
+    ``where`` names the device that ran the model (serial link); an unsure recording was
+    then judged on the host and never sent.
+    """
+    if result.decision == decision.UNSURE:
+        q = result.quality
+        detail = (f"{result.seconds:g} s, {result.latency_ms:.0f} ms" if where is None
+                  else f"{result.seconds:g} s; checked on the host, not sent {where}")
+        return f"{result.file}: UNSURE - {q['reason']}. {q['hint']} ({detail})"
+    advice = "refer for a closer look" if result.decision == decision.ABNORMAL else "no referral"
+    span = f"{len(result.windows)} windows of {result.seconds:g} s" + (f" {where}" if where
+                                                                        else "")
+    return (f"{result.file}: {result.decision.upper()} - {advice} "
+            f"(P(abnormal) {result.probability_abnormal:.2f}, threshold "
+            f"{result.threshold:.2f}; {span}; {result.latency_ms:.0f} ms)")

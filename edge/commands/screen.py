@@ -174,8 +174,10 @@ def _screen(args, screener, pcm, name: str, start: float | None = None):
 
 def _finish(args, screener, results) -> int:
     """Print every result, then store them; a log that cannot be written is an error."""
+    from edge.screening import describe
+
     for result, _ in results:
-        print(json.dumps(result.to_dict()) if args.json else _describe(result), flush=True)
+        print(json.dumps(result.to_dict()) if args.json else describe(result), flush=True)
     if not args.no_log and results:
         _log(args, screener, results)
     return 0
@@ -202,16 +204,3 @@ def log_record(args, screener, row: dict, pcm):
         audio=pcm if args.keep_audio else None,
         audio_rate=screener.spec.sample_rate_hz if args.keep_audio else None,
     )
-
-
-def _describe(result) -> str:
-    """One line a clinician can read at a glance, then the detail."""
-    if result.decision == "unsure":
-        q = result.quality
-        return (f"{result.file}: UNSURE - {q['reason']}. {q['hint']} "
-                f"({result.seconds:g} s, {result.latency_ms:.0f} ms)")
-    advice = "refer for a closer look" if result.decision == "abnormal" else "no referral"
-    return (f"{result.file}: {result.decision.upper()} - {advice} "
-            f"(P(abnormal) {result.probability_abnormal:.2f}, threshold "
-            f"{result.threshold:.2f}; {len(result.windows)} windows of {result.seconds:g} s; "
-            f"{result.latency_ms:.0f} ms)")

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from edge.batch import Job, Outcome, jobs_for, screen_local
 from edge.batch_output import STDOUT, RowWriter, done_files, open_writer
-from edge.commands.screen import _describe, _wav_files, log_record
+from edge.commands.screen import _wav_files, log_record
 from edge.errors import UsageError
-from edge.screening import ScreeningResult
+from edge.screening import ScreeningResult, describe
 
 __all__ = ["run_batch"]
 
@@ -129,7 +129,7 @@ def _emit(outcome: Outcome, writer: RowWriter | None, notify, out) -> None:
     if writer is not None:
         writer.write(outcome.row())
     elif outcome.ok:
-        print(_describe(ScreeningResult(**outcome.result)), file=out, flush=True)
+        print(describe(ScreeningResult(**outcome.result)), file=out, flush=True)
 
 
 @contextlib.contextmanager

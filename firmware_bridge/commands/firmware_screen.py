@@ -91,14 +91,7 @@ def _device_block(identity: dict, dev, with_features: bool) -> dict:
 
 
 def _describe(result, device: dict) -> str:
+    from edge.screening import describe
+
     ident = device["identity"]
-    where = f"on {ident['device_id']} ({ident['firmware_version']})"
-    if result.decision == "unsure":
-        q = result.quality
-        return (f"{result.file}: UNSURE - {q['reason']}. {q['hint']} ({result.seconds:g} s; "
-                f"checked on the host, not sent {where})")
-    advice = "refer for a closer look" if result.decision == "abnormal" else "no referral"
-    return (f"{result.file}: {result.decision.upper()} - {advice} (P(abnormal) "
-            f"{result.probability_abnormal:.2f}, threshold {result.threshold:.2f}; "
-            f"{len(result.windows)} windows of {result.seconds:g} s {where}; "
-            f"{result.latency_ms:.0f} ms)")
+    return describe(result, f"on {ident['device_id']} ({ident['firmware_version']})")
