@@ -124,6 +124,12 @@ def test_group_stratum_prefers_rare_abnormal() -> None:
 LABELS = ("normal", "murmur", "abnormal", None)
 
 
+def _layout_record(s: int, g: int, i: int, label: str | None) -> Recording:
+    """Recording i of group g in source s, for the random layouts below."""
+    return Recording(path=Path(f"/data/s{s}/g{g}_{i}.wav"), label=label, group=f"s{s}/g{g}",
+                     source=f"s{s}", noisy=False, sample_rate=2000, seconds=5.0)
+
+
 @st.composite
 def layouts(draw) -> list[Recording]:
     """Sources of random groups; a group holds 1-6 recordings of mixed labels."""
@@ -132,17 +138,7 @@ def layouts(draw) -> list[Recording]:
         for g in range(draw(st.integers(3, 25))):
             labels = draw(st.lists(st.sampled_from(LABELS), min_size=1, max_size=6))
             for i, label in enumerate(labels):
-                records.append(
-                    Recording(
-                        path=Path(f"/data/s{s}/g{g}_{i}.wav"),
-                        label=label,
-                        group=f"s{s}/g{g}",
-                        source=f"s{s}",
-                        noisy=False,
-                        sample_rate=2000,
-                        seconds=5.0,
-                    )
-                )
+                records.append(_layout_record(s, g, i, label))
     return records
 
 
@@ -176,17 +172,7 @@ def single_label_layouts(draw) -> list[Recording]:
     records = []
     for g, (label, s) in enumerate(zip(labels, where, strict=True)):
         for i in range(draw(st.integers(1, 6))):
-            records.append(
-                Recording(
-                    path=Path(f"/data/s{s}/g{g}_{i}.wav"),
-                    label=label,
-                    group=f"s{s}/g{g}",
-                    source=f"s{s}",
-                    noisy=False,
-                    sample_rate=2000,
-                    seconds=5.0,
-                )
-            )
+            records.append(_layout_record(s, g, i, label))
     return records
 
 
