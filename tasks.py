@@ -61,6 +61,27 @@ def train(
     c.run(f"heartsound train --lodo --out {out}{opts} {_data_args(data)}")
 
 
+@task(
+    iterable=["data"],
+    help={
+        "sweep": "sweep file (YAML)",
+        "out": "sweep folder to write",
+        "ray": "HOST:PORT of a Ray cluster (default: local Ray)",
+        "data": "a data folder (repeatable)",
+        "force": "replace an existing sweep folder",
+    },
+)
+def sweep(
+    c: Context, sweep: str = "examples/sweep.yaml", out: str = "runs/sweep",
+    ray: str = "", data: list[str] | None = None, force: bool = False,
+) -> None:
+    """Grid or random search with Ray Tune; ranks the trials by validation MAcc."""
+    opts = f" --ray {shlex.quote(ray)}" if ray else ""
+    opts += " --force" if force else ""
+    c.run(f"heartsound train --sweep {shlex.quote(sweep)} --out {shlex.quote(out)}{opts} "
+          f"{_data_args(data)}")
+
+
 @task(help={"run": "training run folder", "out": "int8 .tflite to write (replaced)"})
 def convert(c: Context, run: str = RUN_DIR, out: str = MODEL) -> None:
     """Quantise the run's model to full-integer int8 with its metadata."""
@@ -74,15 +95,17 @@ def verify(c: Context, run: str = RUN_DIR, model: str = MODEL) -> bool:
 
 
 @task(help={"model": "int8 .tflite", "host": "USER@HOST[:PORT]: bench the deployed release "
-            "on that device instead (see deploy for the other options)", "key": "SSH key",
-            "known_hosts": "known_hosts file", "root": "install folder on the device",
-            "runs": "with --host: timed runs per stage (default 100)"})
-def bench(c: Context, model: str = MODEL, host: str = "", key: str = "", known_hosts: str = "",
-          root: str = "", runs: int = 0) -> None:
+            "on that device instead (see deploy for the other options)",
+            "hosts": "hosts file: bench every device in it at once, one table",
+            "key": "SSH key", "known_hosts": "known_hosts file",
+            "root": "install folder on the device",
+            "runs": "with --host/--hosts: timed runs per stage (default 100)"})
+def bench(c: Context, model: str = MODEL, host: str = "", hosts: str = "", key: str = "",
+          known_hosts: str = "", root: str = "", runs: int = 0) -> None:
     """Latency and memory of the edge runtime on this machine, or with --host on a device."""
-    if host:
+    if host or hosts:
         c.run("heartsound deploy --bench" + _remote_args(host, key, known_hosts, root,
-                                                         runs=str(runs or "")))
+                                                         hosts=hosts, runs=str(runs or "")))
         return
     c.run(f"heartsound bench --model {model}")
 
@@ -124,6 +147,8 @@ def _remote_args(host: str, key: str, known_hosts: str, root: str, **flags: str 
 
 REMOTE_HELP = {
     "host": "the device, USER@HOST[:PORT]",
+    "hosts": "hosts file (one USER@HOST[:PORT] per line): every device at once, a summary "
+             "table, non-zero exit if any failed",
     "key": "SSH private key (default: your keys/agent)",
     "known_hosts": "known_hosts holding the device's host key (default ~/.ssh/known_hosts)",
     "root": "install folder on the device (default ~/heartsound)",
@@ -137,20 +162,22 @@ REMOTE_HELP = {
             "offline": "the device has no network: install only from the bundle's wheels",
             "download_deps": "ship the edge extra's wheels for the device's platform",
             "bundle": "reuse (or build into) this bundle folder"})
-def deploy(c: Context, host: str, key: str = "", known_hosts: str = "", root: str = "",
-           model: str = "", remote_python: str = "", system_site_packages: bool = False,
-           offline: bool = False, download_deps: bool = False, bundle: str = "") -> None:
+def deploy(c: Context, host: str = "", hosts: str = "", key: str = "", known_hosts: str = "",
+           root: str = "", model: str = "", remote_python: str = "",
+           system_site_packages: bool = False, offline: bool = False,
+           download_deps: bool = False, bundle: str = "") -> None:
     """Build the bundle, upload, verify, install, smoke-test, switch `current` atomically.
 
     Any failure leaves the device on its previous release (see `heartsound deploy --help`).
+    With --hosts FILE every device of the file at once; the exit code says if any failed.
     """
     c.run("heartsound deploy" + _remote_args(
-        host, key, known_hosts, root, model=model, remote_python=remote_python,
+        host, key, known_hosts, root, hosts=hosts, model=model, remote_python=remote_python,
         system_site_packages=system_site_packages, offline=offline,
         download_deps=download_deps, bundle=bundle))
 
 
-@task(help=REMOTE_HELP)
+@task(help={k: v for k, v in REMOTE_HELP.items() if k != "hosts"})
 def rollback(c: Context, host: str, key: str = "", known_hosts: str = "",
              root: str = "") -> None:
     """Switch the device's `current` back to the release before it."""

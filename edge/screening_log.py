@@ -17,7 +17,15 @@ committed stay intact because a failed transaction is rolled back by SQLite.
 
 Schema changes: ``schema_version`` holds one integer; :data:`MIGRATIONS` maps each
 version to the statements that reach it from the previous one, applied in one
-transaction on open.
+transaction on open. A read-only open never migrates, so it reads every version since
+the first (the columns it lists exist in all of them).
+
+Why every row carries a ``uuid`` and a ``log_id`` (schema 2): logs of many devices are
+merged into one database on a host (``heartsound history --pull``). The row uuid makes
+that merge idempotent (pulling twice adds nothing); the ``log_id``, drawn once at random
+when a log is created and kept in its ``meta`` table, tells devices apart even when
+their ``device_id`` (``$HEARTSOUND_DEVICE_ID``, else the host name) is the same, as on
+Raspberry Pis cloned from one SD card image.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import json
 import os
 import platform
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +52,7 @@ __all__ = [
     "CSV_COLUMNS",
     "HOME_ENV",
     "SCHEMA_VERSION",
+    "MergeResult",
     "Screening",
     "ScreeningLog",
     "default_db_path",
@@ -57,7 +67,8 @@ DB_NAME = "screenings.db"
 FILE_MODE = 0o600  # owner read/write only: patient data
 DIR_MODE = 0o700
 BUSY_TIMEOUT_MS = 5000  # a reader holding a lock briefly must not fail a screening
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+FIRST_READABLE_VERSION = 1  # the first schema with a screenings table
 LOW_SPACE_BYTES = 64 * 1024  # an I/O error with less free space than this is a full disk
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -82,7 +93,20 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX screenings_patient ON screenings (patient_id, id)",
     ),
+    2: (  # rows that existed before get a fresh uuid and this log's id, once
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO meta (key, value) VALUES ('log_id', lower(hex(randomblob(16))))",
+        "ALTER TABLE screenings ADD COLUMN uuid TEXT",  # unique id of the screening
+        "ALTER TABLE screenings ADD COLUMN log_id TEXT",  # meta.log_id of the log it was made in
+        "UPDATE screenings SET uuid = lower(hex(randomblob(16))), "
+        "log_id = (SELECT value FROM meta WHERE key = 'log_id')",
+        "CREATE UNIQUE INDEX screenings_uuid ON screenings (uuid)",
+    ),
 }
+# every column but the local id: what a merge copies from another log
+_MERGE_COLUMNS = ("uuid, log_id, time_utc, patient_id, file, decision, probability, "
+                  "window_scores, quality_reason, model_sha256, spec_json, device_id, "
+                  "latency_ms, audio, audio_rate")
 
 CSV_COLUMNS = ("id", "time_utc", "patient_id", "file", "decision", "probability",
                "window_scores", "quality_reason", "model_sha256", "device_id", "latency_ms",
@@ -131,6 +155,17 @@ class Screening:
     audio_rate: int | None = None
     audio_bytes: int = 0  # size of the stored audio (reading the log does not load it)
     id: int | None = None
+    uuid: str | None = None  # drawn when stored; the same in every log the row is merged into
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What :meth:`ScreeningLog.merge` found in another log and how much of it was new."""
+
+    rows: int  # screenings in the other log
+    added: int  # of those, new to this log
+    device_ids: tuple[str, ...]  # the device ids its rows carry
+    log_ids: tuple[str, ...]  # the logs its rows were made in (a pulled log may hold merges)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -212,6 +247,7 @@ class ScreeningLog:
                  read_only: bool = False) -> None:
         self.path = Path(path) if path is not None else default_db_path()
         self.read_only = read_only
+        self.log_id: str | None = None  # meta.log_id; None in a schema-1 log opened read-only
         if self.path.is_dir():
             raise DeviceError(f"screening log {self.path} is a directory; pass the path of "
                               f"a file such as {self.path / DB_NAME}")
@@ -268,9 +304,10 @@ class ScreeningLog:
                               f"newer than this heartsound's {SCHEMA_VERSION}; upgrade "
                               "heartsound")
         if self.read_only:
-            if version < SCHEMA_VERSION:
+            if version < FIRST_READABLE_VERSION:
                 raise DeviceError(f"screening log {self.path} holds no screenings yet "
                                   f"(schema version {version}); screen a recording first")
+            self.log_id = self._meta("log_id")
             return
         mode = db.execute("PRAGMA journal_mode").fetchone()[0]
         if version < SCHEMA_VERSION or mode != "wal":
@@ -278,6 +315,7 @@ class ScreeningLog:
         db.execute("PRAGMA synchronous = FULL")
         if version < SCHEMA_VERSION:
             self._migrate(version)
+        self.log_id = self._meta("log_id")
 
     def _version(self) -> int:
         has = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND "
@@ -286,6 +324,12 @@ class ScreeningLog:
             return 0
         row = self._db.execute("SELECT version FROM schema_version").fetchone()
         return int(row[0]) if row else 0
+
+    def _meta(self, key: str) -> str | None:
+        if self._version() < 2:  # the meta table came with schema 2
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
 
     def _migrate(self, version: int) -> None:
         with self._transaction():
@@ -318,7 +362,8 @@ class ScreeningLog:
             if pcm.dtype != np.int16 or pcm.ndim != 1 or not s.audio_rate:
                 raise ValueError("audio must be int16 mono with audio_rate set")
             audio, rate = pcm.astype("<i2").tobytes(), int(s.audio_rate)
-        row = (s.time_utc, s.patient_id, s.file, s.decision,
+        row_uuid = s.uuid or uuid.uuid4().hex
+        row = (row_uuid, self.log_id, s.time_utc, s.patient_id, s.file, s.decision,
                None if s.probability is None else float(s.probability),
                json.dumps([round(float(x), 6) for x in s.window_scores]),
                s.quality_reason, s.model_sha256, s.spec_json, s.device_id,
@@ -326,16 +371,69 @@ class ScreeningLog:
         try:
             with self._transaction():
                 cur = self._db.execute(
-                    "INSERT INTO screenings (time_utc, patient_id, file, decision, "
-                    "probability, window_scores, quality_reason, model_sha256, spec_json, "
-                    "device_id, latency_ms, audio, audio_rate) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                    "INSERT INTO screenings (uuid, log_id, time_utc, patient_id, file, "
+                    "decision, probability, window_scores, quality_reason, model_sha256, "
+                    "spec_json, device_id, latency_ms, audio, audio_rate) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
                 new_id = int(cur.lastrowid)
         except sqlite3.Error as exc:
             raise _device_error(self.path, exc, "storing a screening") from None
-        s.id = new_id
+        s.id, s.uuid = new_id, row_uuid
         s.audio_bytes = len(audio) if audio else 0
         return new_id
+
+    def merge(self, source: str | os.PathLike) -> MergeResult:
+        """Add the screenings of another log (a pulled device copy) that this one lacks.
+
+        Rows are matched by their uuid, so merging the same copy twice adds nothing; each
+        row keeps its device id, its log id and its time, and gets a new local ``id``.
+        The whole merge is one transaction: a failure adds nothing.
+        """
+        if self.read_only:
+            raise DeviceError(f"screening log {self.path} was opened read-only; open it "
+                              "without read_only to merge into it")
+        with ScreeningLog(source, create=False, read_only=True) as other:
+            if other.schema_version() < 2:
+                raise DeviceError(f"screening log {other.path} has schema version "
+                                  f"{other.schema_version()}, without row ids; open it once "
+                                  "with this heartsound (any screening does) and merge again")
+            count = int(other._db.execute("SELECT count(*) FROM screenings").fetchone()[0])
+            devices, logs = (tuple(r[0] for r in other._db.execute(
+                f"SELECT DISTINCT {c} FROM screenings WHERE {c} IS NOT NULL ORDER BY {c}"))
+                for c in ("device_id", "log_id"))
+            rows = other._db.execute(f"SELECT {_MERGE_COLUMNS} FROM screenings ORDER BY id")
+            before = self._db.total_changes
+            marks = ", ".join("?" * len(_MERGE_COLUMNS.split(",")))
+            try:
+                with self._transaction():
+                    self._db.executemany(f"INSERT OR IGNORE INTO screenings ({_MERGE_COLUMNS}) "
+                                         f"VALUES ({marks})", rows)
+            except sqlite3.Error as exc:
+                raise _device_error(self.path, exc, f"merging {other.path}") from None
+        added = self._db.total_changes - before
+        return MergeResult(count, added, devices, logs)
+
+    def backup(self, dest: str | os.PathLike) -> int:
+        """Copy the log, consistent at one instant, into the new file ``dest``; rows copied.
+
+        Why SQLite's backup API and not a file copy: in WAL mode recent commits live in
+        the ``-wal`` file and a writer may be mid-transaction; a raw copy of the main file
+        can miss rows or catch half-written pages. The copy is switched to a rollback
+        journal, so that it is one self-contained file, and is owner-only like the log.
+        """
+        dest = Path(dest)
+        if dest.exists():
+            raise DeviceError(f"{dest}: exists already; a backup is written to a new file "
+                              "only, choose another path")
+        _create_private(dest)
+        try:
+            with contextlib.closing(sqlite3.connect(dest, isolation_level=None)) as out:
+                self._db.backup(out)
+                out.execute("PRAGMA journal_mode = DELETE")
+                return int(out.execute("SELECT count(*) FROM screenings").fetchone()[0])
+        except sqlite3.Error as exc:
+            dest.unlink(missing_ok=True)
+            raise _device_error(dest, exc, "writing a backup") from None
 
     # ---- reading -----------------------------------------------------------------
     def _query(self, where: str, args: tuple, limit: int | None) -> list[Screening]:

@@ -36,9 +36,12 @@ def keygen(path: Path) -> Path:
 class SshServer:
     """sshd -D on a free loopback port; `stop` ends it and every session it forked."""
 
-    def __init__(self, folder: Path, *, tmpfs: tuple[Path, str] | None = None) -> None:
+    def __init__(self, folder: Path, *, tmpfs: tuple[Path, str] | None = None,
+                 read_only: bool = False) -> None:
         """`tmpfs=(folder, size)`: run sshd in its own mount namespace where `folder` is a
-        tmpfs of that size (a small disk the device can fill), invisible to the host."""
+        tmpfs of that size (a small disk the device can fill), invisible to the host.
+        Several servers given the same folder are devices with the same paths but each
+        its own disk, as a fleet of Pis. `read_only`: that disk is mounted read-only."""
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -63,8 +66,9 @@ class SshServer:
         cmd = [SSHD, "-D", "-e", "-f", str(self.config)]
         if tmpfs:
             cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                   'mount -t tmpfs -o size="$1",mode=755 tmpfs "$2" && shift 2 && exec "$@"',
-                   "sh", tmpfs[1], str(tmpfs[0]), *cmd]
+                   'mount -t tmpfs -o size="$1",mode=755"$3" tmpfs "$2" && shift 3 && '
+                   'exec "$@"', "sh", tmpfs[1], str(tmpfs[0]), ",ro" if read_only else "",
+                   *cmd]
         self.proc = subprocess.Popen(cmd,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self._wait_listening()

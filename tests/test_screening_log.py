@@ -100,7 +100,7 @@ def test_round_trip_mode_wal_and_schema(tmp_path, real_pcm):
     assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700  # a folder it created
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert con.execute("SELECT version FROM schema_version").fetchone()[0] == 1
+        assert con.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_csv_export(tmp_path):

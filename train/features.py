@@ -137,11 +137,22 @@ class FeatureCache:
         path = self.path_for(sha, variant)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not (self.folder / "spec.json").exists():
-            (self.folder / "spec.json").write_text(self.spec.to_json() + "\n")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            _atomic_write(self.folder / "spec.json",
+                          lambda h: h.write((self.spec.to_json() + "\n").encode()))
+        _atomic_write(path, lambda h: np.save(h, feats, allow_pickle=False))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Temp file in the same folder, then rename: concurrent writers (sweep trials sharing
+    the cache) and readers see the old file or the whole new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
         with os.fdopen(fd, "wb") as handle:
-            np.save(handle, feats, allow_pickle=False)
+            write(handle)
         os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # ------------------------------------------------------------------------ computing

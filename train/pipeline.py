@@ -58,6 +58,13 @@ class RunRequest:
     limit: int | None = None
     lodo: bool = False
     force: bool = False
+    split_seed: int | None = None
+    """Seed of the subset and the patient-level splits; None: ``config.seed``. A sweep
+    fixes it so that trials with different training seeds still share one split."""
+
+    @property
+    def seed_of_splits(self) -> int:
+        return self.config.seed if self.split_seed is None else self.split_seed
 
 
 # ------------------------------------------------------------------------ run folder
@@ -102,6 +109,14 @@ def limit_records(records: Sequence[Recording], limit: int, seed: int) -> list[R
     return out
 
 
+def select_and_split(records: Sequence[Recording], label_set: LabelSet, limit: int | None,
+                     seed: int) -> tuple[list[Recording], dict]:
+    """The records a run uses (``limit`` per source when given) and their splits: one
+    function, so a sweep can know the split id its trials will have before they run."""
+    chosen = limit_records(records, limit, seed) if limit else list(records)
+    return chosen, main_splits(chosen, label_set, seed)
+
+
 def main_splits(records: Sequence[Recording], label_set: LabelSet, seed: int) -> dict:
     """Patient-level splits of the label set's data sets (artifact kept: noise bank)."""
     usable = _in_label_set_datasets(records, label_set)
@@ -128,6 +143,26 @@ def lodo_sources(records: Sequence[Recording], label_set: LabelSet) -> list[str]
 # --------------------------------------------------------------------------- run
 
 
+def model_factory(arch_name: str, spec: FeatureSpec, label_set: LabelSet,
+                  config: TrainConfig) -> tuple[Callable[[], object], dict]:
+    """``build`` (a fresh compiled model of the spec's input shape) and the model's
+    description for metrics.json: the one recipe `heartsound train` and sweeps share."""
+    from train.models import build_model, get_architecture
+    from train.trainer import compile_model
+
+    arch = get_architecture(arch_name)
+    shape = (spec.frames_per_window, spec.n_ceps)
+
+    def build():
+        model = build_model(arch.name, shape, len(label_set.classes), config.seed)
+        return compile_model(model, config)
+
+    probe = build_model(arch.name, shape, len(label_set.classes), config.seed)
+    describe = {"summary": arch.summary, "params": int(probe.count_params()),
+                "file": "model.keras", "framework": "tf_keras"}
+    return build, describe
+
+
 def run_training(request: RunRequest, records: Sequence[Recording],
                  build: Callable[[], object], describe: dict,
                  log: Callable[[str], None] = print) -> dict:
@@ -136,9 +171,7 @@ def run_training(request: RunRequest, records: Sequence[Recording],
     prepare_run_folder(request.out, request.force)
     ls, cfg = request.label_set, request.config
     cache = FeatureCache(request.cache, request.spec) if request.cache else None
-    if request.limit:
-        records = limit_records(records, request.limit, cfg.seed)
-    splits = main_splits(records, ls, cfg.seed)
+    records, splits = select_and_split(records, ls, request.limit, request.seed_of_splits)
     log(f"training {cfg.arch} ({ls.name}: {', '.join(ls.classes)}) on "
         f"{len(ls.select(splits['train']))} recordings; "
         f"val {len(ls.select(splits['val']))}, test {len(ls.select(splits['test']))}")
@@ -197,6 +230,7 @@ def _metrics(request: RunRequest, records, splits, outcome: Outcome, lodo: dict,
         "data": {
             "folders": [str(p) for p in request.data],
             "limit_per_source": request.limit,
+            "split_seed": request.seed_of_splits,
             "split_id": split_id(splits),
             "counts": outcome.counts,
             "description": _describe_data(records, ls),

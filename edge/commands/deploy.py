@@ -1,5 +1,10 @@
 """`heartsound deploy`: install the runtime and model on a Raspberry Pi over SSH.
 
+With ``--hosts FILE`` it does the same on every device of a fleet at once (`edge.fleet`,
+Fabric's ThreadingGroup): each device deploys atomically on its own, one failing device
+does not stop the others, a table says what each device runs now, and the exit code is
+non-zero if any failed.
+
 Thin layer over `edge.deploy_bundle` (what goes to the device), `edge.deploy_remote`
 (how it gets there, atomically) and `edge.offline_bundle` (the USB-stick variant). Those
 need Fabric (the `deploy` extra), so they are imported inside `run`: the device itself
@@ -9,11 +14,13 @@ never loads them.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 from pathlib import Path
 
 from edge.errors import UsageError
+from edge.fleet_hosts import add_ssh_arguments, read_hosts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,13 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--offline-bundle", type=Path, metavar="OUT.tar.gz",
                       help="write an offline bundle (archive + install.sh) instead of "
                       "deploying; no --host needed")
-    parser.add_argument("--host", metavar="USER@HOST[:PORT]", help="the device")
-    parser.add_argument("--key", type=Path, help="SSH private key (default: your keys/agent)")
-    parser.add_argument("--known-hosts", type=Path, help="known_hosts file holding the "
-                        "device's host key (default ~/.ssh/known_hosts); unknown keys are "
-                        "refused")
-    parser.add_argument("--root", default="heartsound", help="install folder on the device "
-                        "(default: ~/heartsound)")
+    add_ssh_arguments(parser, single_host=True)
     parser.add_argument("--remote-python", default="python3", metavar="PYTHON",
                         help="Python 3.11+ on the device (default %(default)s)")
     parser.add_argument("--system-site-packages", action="store_true",
@@ -71,15 +72,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.offline_bundle:
         return _offline_bundle(args)
-    if not args.host:
-        raise UsageError("--host USER@HOST[:PORT] is needed (or --offline-bundle OUT.tar.gz)")
+    if bool(args.host) == bool(args.hosts):
+        raise UsageError("give one of --host USER@HOST[:PORT] or --hosts FILE (or "
+                         "--offline-bundle OUT.tar.gz)")
     if args.keep < 2:
         raise UsageError("--keep must be at least 2: the current release and one to roll back to")
-    target = remote.Target.parse(args.host)
     options = remote.DeployOptions(
         root=args.root, key=args.key, known_hosts=args.known_hosts, python=args.remote_python,
         system_site_packages=args.system_site_packages, offline=args.offline, keep=args.keep,
         min_free_mb=args.min_free_mb)
+    if args.hosts:
+        return _fleet(args, options)
+    target = remote.Target.parse(args.host)
     if args.rollback:
         old, new = remote.rollback(target, options)
         print(f"{target}: current is now {new} (was {old})")
@@ -97,6 +101,42 @@ def run(args: argparse.Namespace) -> int:
         print(f"{target}: deployed {name}; screen with {args.root}/current/bin/heartsound "
               "screen FILE.wav")
         print(remote.SERVICE_HINT.replace("ROOT", args.root))
+    return 0
+
+
+def _fleet(args: argparse.Namespace, options) -> int:
+    """Deploy (or bench) every device of the hosts file; the table, then the exit code."""
+    from edge import deploy_remote as remote
+    from edge import fleet
+
+    if args.rollback or args.list:
+        raise UsageError("--hosts works with a deploy and with --bench; roll back or list "
+                         "one device at a time with --host")
+    entries = read_hosts(args.hosts)  # a bad line stops everything before any connection
+    print(f"{'benchmarking' if args.bench else 'deploying to'} {len(entries)} device(s) "
+          f"from {args.hosts} ...", file=sys.stderr)
+    if args.bench:
+        rows = fleet.bench_fleet(entries, options, args.runs)
+        print(fleet.bench_fleet_table(rows))
+    else:
+        with tempfile.TemporaryDirectory(prefix="heartsound-bundle-") as tmp:
+            built = itertools.count()
+
+            def make(platform):
+                n = next(built)
+                if n and args.bundle:
+                    raise UsageError("the devices run on different platforms, each needing "
+                                     "its own bundle; --bundle keeps one: drop it, or deploy "
+                                     "each platform's devices with their own hosts file")
+                return _bundle(args, Path(tmp) / f"platform{n}" / "bundle", platform)
+
+            rows = fleet.deploy_fleet(entries, options, make, download_deps=args.download_deps)
+        print(fleet.deploy_table(rows))
+        if any(r.ok for r in rows):
+            print(remote.SERVICE_HINT.replace("ROOT", args.root))
+    error = fleet.failed_error(rows, "bench" if args.bench else "deploy")
+    if error:
+        raise error
     return 0
 
 

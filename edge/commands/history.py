@@ -3,12 +3,21 @@
 Opens the log read-only, so looking at the history can never change or lock it, and works
 even from a write-protected card. Only the standard library at the top: the log module
 (numpy, sqlite3) is imported in :func:`run`.
+
+Two more jobs for a fleet: ``--backup FILE`` writes a consistent copy of the log (run on
+a device by ``--pull``), and ``--pull --hosts FILE`` gathers every device's log into the
+local one, without duplicates (`edge.fleet.pull_logs`; needs Fabric on the host).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
+
+from edge.errors import DeviceError, UsageError
+from edge.fleet_hosts import add_ssh_arguments
 
 DEFAULT_LIMIT = 20
 PROB_WIDTH = 6
@@ -28,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "in the table, all with --csv)")
     parser.add_argument("--csv", metavar="FILE", default=None,
                         help="export as CSV to FILE ('-' for standard output), oldest first")
+    fleet = parser.add_argument_group("fleet", "gather the screening logs of many devices")
+    fleet.add_argument("--pull", action="store_true", help="copy the log of every device in "
+                       "--hosts over SSH and merge it into --db; rows already there are "
+                       "skipped, each row keeps its device id")
+    fleet.add_argument("--backup", metavar="FILE", type=Path, help="write a consistent copy "
+                       "of the log to the new FILE (SQLite backup API; safe while screening)")
+    add_ssh_arguments(fleet, single_host=False)
 
 
 def _positive(text: str) -> int:
@@ -45,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     from edge.screening_log import ScreeningLog, default_db_path
 
     path = args.db if args.db is not None else default_db_path()
+    if args.pull or args.hosts:
+        return _pull(args, Path(path))
+    if args.backup is not None:
+        return _backup(Path(path), args.backup)
     with ScreeningLog(path, create=False, read_only=True) as log:
         if args.csv is not None:
             return _export(log, args)
@@ -56,6 +76,43 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(format_table(rows))
     print(f"{len(rows)} shown, {total} in {path}")
+    return 0
+
+
+def _backup(path: Path, dest: Path) -> int:
+    from edge.screening_log import ScreeningLog
+
+    try:  # read-write first: an older log gets its row ids (schema 2) before it is copied
+        log = ScreeningLog(path, create=False)
+    except DeviceError:
+        log = ScreeningLog(path, create=False, read_only=True)  # write-protected: as it is
+    with log:
+        n = log.backup(dest)
+    print(f"{n} screening(s) copied to {dest}")
+    return 0
+
+
+def _pull(args: argparse.Namespace, path: Path) -> int:
+    """Copy the devices' logs in parallel, merge them here one by one; table, exit code."""
+    if not (args.pull and args.hosts):
+        raise UsageError("--pull needs --hosts FILE (and --hosts goes with --pull only)")
+    try:
+        from edge import fleet
+    except ImportError:
+        raise UsageError("--pull needs Fabric on this host: pip install 'heartsound[deploy]'"
+                         ) from None
+    from edge.deploy_remote import DeployOptions
+    from edge.fleet_hosts import read_hosts
+    from edge.screening_log import ScreeningLog
+
+    entries = read_hosts(args.hosts)  # a bad line stops everything before any connection
+    options = DeployOptions(root=args.root, key=args.key, known_hosts=args.known_hosts)
+    with ScreeningLog(path) as log, tempfile.TemporaryDirectory(prefix="hs-pull-") as tmp:
+        rows = fleet.pull_logs(entries, options, log, Path(tmp))
+    print(fleet.pull_table(rows, path))
+    error = fleet.failed_error(rows, "pull")
+    if error:
+        raise error
     return 0
 
 

@@ -66,6 +66,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2,
                         help="processes for feature extraction (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_sweep_options(parser)
+
+
+def add_sweep_options(parser: argparse.ArgumentParser) -> None:
+    """--sweep and --ray; the format itself is documented in train/sweep_spec.py."""
+    from train.sweep_spec import SWEEP_HELP
+
+    parser.add_argument("--sweep", type=Path, default=None, metavar="SWEEP_YAML",
+                        help="run a grid or random search with Ray Tune instead of one run: "
+                        "one run folder per trial under OUT/trials/, summary ranked by "
+                        "validation MAcc in OUT/sweep_summary.json and .csv (OUT: --out, "
+                        "default runs/sweep-<file name>). Uses --data, --cache, --labels, "
+                        "--limit, --force, --quiet; the file sets everything else "
+                        "(see below and examples/sweep.yaml)")
+    parser.add_argument("--ray", default=None, metavar="ADDRESS",
+                        help="with --sweep: run the trials on the Ray cluster at HOST:PORT "
+                        "(the head's port, 6379 by default) or ray://HOST:10001; default: a "
+                        "local Ray on this machine's CPUs, one CPU per trial")
+    parser.epilog = SWEEP_HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def _config(args: argparse.Namespace):
@@ -104,15 +124,23 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.sweep is not None:
+        from train.sweep_command import run_sweep_command
+
+        return run_sweep_command(args)
+    if args.ray is not None:
+        from edge.errors import UsageError
+
+        raise UsageError(f"--ray {args.ray} works with --sweep only: a single training run "
+                         "uses this machine")
     start = time.perf_counter()
     _check_args(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide harmless C++ op-registry chatter
     from edge.spec import DEFAULT_SPEC
     from train.datasets import default_data_paths, get_label_set, load_records
     from train.features import default_cache_dir
-    from train.models import build_model, get_architecture
-    from train.pipeline import RunRequest, run_training
-    from train.trainer import compile_model
+    from train.models import get_architecture
+    from train.pipeline import RunRequest, model_factory, run_training
 
     arch = get_architecture(args.arch)
     label_set = get_label_set(args.labels)
@@ -128,15 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
     prepare_run_folder(out, args.force)  # refuse before loading anything heavy
     records = load_records(data)
-    shape = (DEFAULT_SPEC.frames_per_window, DEFAULT_SPEC.n_ceps)
-
-    def build():
-        model = build_model(arch.name, shape, len(label_set.classes), config.seed)
-        return compile_model(model, config)
-
-    probe = build_model(arch.name, shape, len(label_set.classes), config.seed)
-    describe = {"summary": arch.summary, "params": int(probe.count_params()),
-                "file": "model.keras", "framework": "tf_keras"}
+    build, describe = model_factory(arch.name, DEFAULT_SPEC, label_set, config)
     metrics = run_training(request, records, build, describe, print)
     _print_summary(metrics, out, time.perf_counter() - start)
     return 0
