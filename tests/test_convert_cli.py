@@ -182,10 +182,14 @@ def test_bench_baseline_times_the_runs_float_pipeline(converted, run):
     assert proc.returncode == 0, proc.stderr[-1500:]
     figures = json.loads(proc.stdout)
     baseline = figures["float_baseline"]
-    for stage in ("front_end_ms", "model_ms", "window_ms"):
+    calls = ("predict", "eager", "graph")
+    stages = ["front_end_ms"] + [f"{s}_{c}_ms" for s in ("model", "window") for c in calls]
+    assert sorted(baseline) == sorted(stages)
+    for stage in stages:
         assert 0 < baseline[stage]["p50"] <= baseline[stage]["max"], stage
-    assert figures["speedup_vs_float"] == pytest.approx(baseline["window_ms"]["mean"]
-                                                        / figures["window_ms"]["mean"])
+    for call in calls:
+        assert figures["speedup_vs_float"][call] == pytest.approx(
+            baseline[f"window_{call}_ms"]["mean"] / figures["window_ms"]["mean"])
 
 
 def test_float_windows_match_the_integer_windows_on_real_features(data_root):

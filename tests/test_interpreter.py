@@ -64,7 +64,8 @@ def int8_model(tmp_path_factory, real_windows) -> tuple[Path, object]:
     keras.utils.set_random_seed(1234)
     shape = (DEFAULT_SPEC.frames_per_window, DEFAULT_SPEC.n_ceps, 1)
     flat = np.concatenate(list(real_windows.values())).reshape(-1, DEFAULT_SPEC.n_ceps)
-    # As train/trainer.py builds them: int16 values in, standardised inside the model.
+    # Like train/trainer.py: int16 values in, standardised inside the model (there a 1x1
+    # convolution; any in-graph standardisation serves this test of the input path).
     model = keras.Sequential([
         keras.Input(shape=shape),
         keras.layers.Reshape(shape[:2]),

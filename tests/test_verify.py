@@ -93,16 +93,16 @@ def test_window_and_recording_counts_are_the_val_and_test_recordings(verified, e
     assert {r["name"]: r["windows"] for r in report["recordings"]} == \
         {n: len(w) for n, w in eval_windows.items()}
     assert set(report["data"]["sources"]) == SOURCES
-    for key in ("litert_reference_vs_tflm", "litert_builtin_vs_tflm"):
+    for key in ("litert_device_vs_tflm", "litert_optimised_vs_tflm"):
         parity = report["parity"][key]
         assert parity["windows"] == report["data"]["windows"]["total"]
         assert set(parity["by_source"]) == SOURCES
 
 
-def test_cnn_outputs_of_tflite_micro_equal_litert_reference(verified):
+def test_cnn_outputs_of_tflite_micro_equal_the_devices_litert(verified):
     _, report = verified
     assert not report["recurrent"]
-    ref = report["parity"]["litert_reference_vs_tflm"]
+    ref = report["parity"]["litert_device_vs_tflm"]
     assert ref["identical"] == ref["windows"] and ref["max_lsb"] == 0
     assert report["decisions"]["int8_litert_vs_tflm"]["differ"] == 0
 
@@ -124,7 +124,8 @@ def test_int8_and_tflm_scores_recomputed_on_one_recording_per_source(verified, e
         device = clf.predict(eval_windows[name])
         tflm = clf.output_quant.dequantise(run_tflm(data, q))
         np.testing.assert_array_equal(run_litert(data, q, "reference"), run_tflm(data, q))
-        for key, probs in (("builtin", device.probabilities), ("tflm", tflm)):
+        np.testing.assert_array_equal(device.raw, run_tflm(data, q))  # the device's path
+        for key, probs in (("device", device.probabilities), ("tflm", tflm)):
             p = float(abnormal_probability(recording_probabilities(probs), normal))
             assert rows[name]["p_abnormal"][key] == pytest.approx(p, abs=1e-12), (name, key)
 
@@ -132,12 +133,12 @@ def test_int8_and_tflm_scores_recomputed_on_one_recording_per_source(verified, e
 def test_decisions_and_metrics_follow_the_scores(verified):
     _, report = verified
     threshold, rows = report["threshold"], report["recordings"]
-    flips = sum((r["p_abnormal"]["float"] >= threshold) != (r["p_abnormal"]["builtin"]
+    flips = sum((r["p_abnormal"]["float"] >= threshold) != (r["p_abnormal"]["device"]
                                                              >= threshold) for r in rows)
     assert report["decisions"]["float_vs_int8"]["differ"] == flips
     for split in ("val", "test"):
         mine = [r for r in rows if r["split"] == split]
-        for run_key, score_key in (("float", "float"), ("int8", "builtin"), ("tflm", "tflm")):
+        for run_key, score_key in (("float", "float"), ("int8", "device"), ("tflm", "tflm")):
             tp = sum(r["label"] != "normal" and r["p_abnormal"][score_key] >= threshold
                      for r in mine)
             tn = sum(r["label"] == "normal" and r["p_abnormal"][score_key] < threshold
@@ -156,16 +157,12 @@ def test_float_model_reproduces_the_runs_own_test_figures(verified, run):
     _, report = verified
     recorded = json.loads((run / "metrics.json").read_text())["test"]["recording"]["overall"]
     assert report["metrics"]["test"]["float"]["overall"]["n"] == recorded["n"]
-    metrics = json.loads((run / "metrics.json").read_text())
-    if metrics["config"]["int8_inputs"]:  # training scored on the int8 input grid
-        assert report["float_reproduces_training_metrics"] is None
-    else:
-        assert report["float_reproduces_training_metrics"] is (recorded["auc"] is not None)
+    assert report["float_reproduces_training_metrics"] is (recorded["auc"] is not None)
 
 
 def test_tflite_runtime_is_compared_when_installed(verified):
     _, report = verified
-    parity = report["parity"]["tflite_runtime_vs_litert_builtin"]
+    parity = report["parity"]["tflite_runtime_vs_litert_device"]
     if tflite_runtime_python() is None:
         assert parity is None
         return
@@ -218,8 +215,8 @@ def test_refuses_a_model_converted_from_another_run(model, run, tmp_path):
 def _report(recurrent: bool, identical: int, differ: int, macc: float | None) -> dict:
     parity = {"windows": 100, "identical": identical, "max_lsb": 0 if identical == 100 else 1}
     return {"recurrent": recurrent,
-            "parity": {"litert_reference_vs_tflm": parity,
-                       "tflite_runtime_vs_litert_builtin": None},
+            "parity": {"litert_device_vs_tflm": parity,
+                       "tflite_runtime_vs_litert_device": None},
             "decisions": {"int8_litert_vs_tflm": {"differ": differ, "recordings": 20}},
             "macc_diff": {"val": macc, "test": 0.0}}
 

@@ -462,14 +462,24 @@ def with_input_scaling(model, windows: np.ndarray):
     Why: the model takes the front end's int16 values (Q8.7) as they are, and c0 spans
     about ten times the range of the higher cepstra; without this the first layer sees
     mostly c0 and an LSTM's gates saturate. The constants come from the training split
-    only and become one SUB and one MUL (int8 in TFLite Micro) in front of the model.
+    only. They are a frozen 1x1 convolution with a diagonal kernel, not a Normalization
+    layer: the converter quantises Normalization's 1/std vector per tensor, and with a
+    20:1 spread between cepstra the small factors kept ~6 levels (measured: 9.5 % error
+    on the standardised input, 1.4 points of MAcc between int8 and float). A convolution's
+    weights are quantised per output channel, so every cepstrum keeps its own scale.
     """
     keras = keras_of(model)
     flat = windows.reshape(-1, windows.shape[-1]).astype(np.float64)
-    mean, var = flat.mean(axis=0), np.maximum(flat.var(axis=0), 1.0)
-    inp = keras.Input(model.input_shape[1:], name="features")
-    norm = keras.layers.Normalization(axis=-1, mean=mean, variance=var, name="standardise")
-    return keras.Model(inp, model(norm(inp)), name=model.name)
+    mean, std = flat.mean(axis=0), np.sqrt(np.maximum(flat.var(axis=0), 1.0))
+    frames, ceps = model.input_shape[1:]
+    inp = keras.Input((frames, ceps), name="features")
+    x = keras.layers.Reshape((frames, 1, ceps), name="as_channels")(inp)
+    conv = keras.layers.Conv2D(ceps, 1, trainable=False, name="standardise")
+    x = conv(x)
+    conv.set_weights([np.diag(1.0 / std)[None, None].astype(np.float32),
+                      (-mean / std).astype(np.float32)])
+    x = keras.layers.Reshape((frames, ceps), name="as_frames")(x)
+    return keras.Model(inp, model(x), name=model.name)
 
 
 def compile_model(model, config: TrainConfig):
