@@ -103,8 +103,31 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return data
 
 
+RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
+RAY_TOKEN_ENVS = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def ray_token_given() -> bool:
+    """Did the user hand Ray a token (value or file) through the environment?"""
+    return any(os.environ.get(v) for v in RAY_TOKEN_ENVS)
+
+
+def send_saved_token() -> None:
+    """Send our Ray token when we have one; call before Ray is imported.
+
+    Why: a cluster started while ``~/.ray/auth_token`` existed (Ray 2.60 writes it on a
+    local ``ray.init()``) refuses clients without it ("Authentication token is missing"),
+    one without authentication accepts a client that sends it, and Ray's client sends it
+    only when RAY_AUTH_MODE says so (its C++ side reads that once, at import).
+    """
+    saved = Path.home() / ".ray" / "auth_token"
+    if os.environ.get(RAY_AUTH_MODE_ENV) is None and (ray_token_given() or saved.is_file()):
+        os.environ[RAY_AUTH_MODE_ENV] = "token"
+
+
 def connect(address: str):
     """The ``ray`` module, connected to the cluster at ``address`` (DeviceError if not)."""
+    send_saved_token()
     ray = _import_ray()
     _check_reachable(address)
     try:

@@ -28,7 +28,7 @@ import numpy as np
 
 from edge.errors import HeartsoundError, ModelError
 from edge.tflite_file import parse_tflite
-from firmware_bridge.model_array import inputs_source, model_source
+from firmware_bridge.model_array import inputs_source
 
 FIRMWARE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = FIRMWARE_DIR.parent
@@ -226,6 +226,59 @@ def kernel_stems() -> tuple[str, ...]:
     return tuple(dict.fromkeys(stems.split("|")))
 
 
+#: Preprocessor flags and include folders TFLite Micro is built with (cmake/tflm.cmake's
+#: TFLM_DEFINES and TFLM_INCLUDES, for builds that do not go through CMake: PlatformIO).
+TFLM_DEFINES = ("TF_LITE_STATIC_MEMORY", "CMSIS_NN", "ARM_NN_ENABLE_F16=0",
+                "ARM_NN_ENABLE_F32=0")
+TFLM_INCLUDES = ("", "third_party/flatbuffers/include", "third_party/gemmlowp",
+                 "third_party/ruy", "third_party/kissfft", "third_party/cmsis",
+                 "third_party/cmsis_nn", "third_party/cmsis_nn/Include",
+                 "third_party/cmsis/CMSIS/Core/Include")
+_HEADER_SUFFIXES = (".h", ".hpp", ".inc")
+
+
+def tflm_flags(root: str = "lib/tflite-micro") -> list[str]:
+    """-D and -I flags for the TFLite Micro tree at ``root`` (relative to a project)."""
+    return ([f"-D{d}" for d in TFLM_DEFINES]
+            + [f"-I{root}/{inc}".rstrip("/") for inc in TFLM_INCLUDES])
+
+
+def tflm_source_files(tflm_dir: Path) -> list[Path]:
+    """The .cc/.c files cmake/tflm.cmake compiles: the framework, the kernels of
+    app/model_ops.h (stem, stem_common, cmsis_nn/stem) and CMSIS-NN's C sources."""
+    kernels = tflm_dir / "tensorflow" / "lite" / "micro" / "kernels"
+    files = [p for p in (tflm_dir / "tensorflow").rglob("*.cc")
+             if kernels not in p.parents]
+    for stem in ("kernel_util", "micro_tensor_utils", *kernel_stems()):
+        for path in (kernels / f"{stem}.cc", kernels / f"{stem}_common.cc",
+                     kernels / "cmsis_nn" / f"{stem}.cc"):
+            if path.is_file():
+                files.append(path)
+    files += sorted((tflm_dir / "third_party" / "cmsis_nn").rglob("*.c"))
+    return sorted(set(files))
+
+
+def copy_tflm_sources(tflm_dir: Path, dest: Path) -> int:
+    """Copy every header and the sources of :func:`tflm_source_files` to ``dest`` (a
+    PlatformIO library); returns the number of files. Unchanged files are not rewritten."""
+    _check_tflm_dir(tflm_dir)
+    roots = [tflm_dir / "tensorflow", tflm_dir / "signal"]
+    roots += [tflm_dir / inc for inc in TFLM_INCLUDES if inc.startswith("third_party/")]
+    wanted = sorted({p for root in roots for p in root.rglob("*")
+                     if p.suffix in _HEADER_SUFFIXES and p.is_file()})
+    wanted += tflm_source_files(tflm_dir)
+    for path in wanted:
+        target = dest / path.relative_to(tflm_dir)
+        if target.is_file() and target.stat().st_size == path.stat().st_size:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    license_file = tflm_dir / "LICENSE"
+    if license_file.is_file():
+        shutil.copy2(license_file, dest / "LICENSE")
+    return len(wanted)
+
+
 def builtin_names(tflm_dir: Path | None = None) -> dict[int, str]:
     """BuiltinOperator code -> name, from the TFLite Micro tree's own schema header."""
     tflm_dir = (tflm_dir or default_tflm_dir()).resolve()
@@ -270,6 +323,11 @@ class AppBuild:
         path = self.build_dir / "app.map"
         return path if path.is_file() else None
 
+    @property
+    def export_dir(self) -> Path:
+        """The firmware export (firmware_bridge/export.py) this build compiled."""
+        return self.build_dir / "export"
+
 
 def _write_if_changed(path: Path, text: str) -> None:
     """Keep the timestamp of unchanged generated sources so make does not recompile them."""
@@ -278,30 +336,35 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def build_app(target: str, model: bytes, build_dir: Path, *,
-              inputs: np.ndarray | None = None, arena_size: int = DEFAULT_ARENA_SIZE,
+              inputs: np.ndarray | None = None, arena_size: int | None = DEFAULT_ARENA_SIZE,
               all_ops: bool = False, stack_size: int | None = None,
               heap_size: int | None = None, cache_dir: Path | None = None,
               tflm_dir: Path | None = None) -> AppBuild:
-    """Build the app for ``target`` with ``model`` (and int8 test ``inputs``) compiled in.
+    """Build the app for ``target`` from an export of ``model`` (and int8 test ``inputs``).
 
-    The TFLite Micro library comes from :func:`build_tflm_lib`'s cache; only the app's own
-    files and the generated model/input arrays are compiled here. Only the model's own ops
-    are registered unless ``all_ops``: the linker then drops every other kernel (about
-    40 KB of flash for the CNN). ``stack_size``/``heap_size`` change the Cortex-M4 image's
-    RAM reserves (defaults in CMakeLists.txt).
+    The model's C sources come from :func:`firmware_bridge.export.export_firmware`, written
+    to ``build_dir/export`` (the same files ``heartsound firmware export`` writes for a real
+    board); ``arena_size`` None measures the arena with TFLite Micro there. The TFLite Micro
+    library comes from :func:`build_tflm_lib`'s cache; only the app's own files are compiled
+    here. Only the model's own ops are registered unless ``all_ops``: the linker then drops
+    every other kernel (about 40 KB of flash for the CNN). With ``inputs`` the app runs them
+    at boot and exits (a self-test image); without, it serves the serial protocol.
+    ``stack_size``/``heap_size`` change the Cortex-M4 image's RAM reserves (defaults in
+    CMakeLists.txt).
     """
+    from firmware_bridge.export import export_firmware
+
     _check_target(target)
     check_model_ops(model, tflm_dir)
     library = build_tflm_lib(target, cache_dir, tflm_dir)
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    model_cc = build_dir / "model_data.cc"
-    _write_if_changed(model_cc, model_source(model))
+    exported = export_firmware(model, build_dir / "export", name="firmware model",
+                               arena_bytes=arena_size, all_ops=all_ops, update=True,
+                               tflm_dir=tflm_dir, with_tflm=False)
     defines = {"TFLM_DIR": str(library.tflm_dir), "TFLM_LIBRARY": str(library.path),
-               "HS_MODEL_SOURCE": str(model_cc), "HS_ARENA_SIZE": str(int(arena_size)),
-               "HS_INPUT_SOURCE": "",
-               "HS_ENABLED_OPS": "" if all_ops else ";".join(model_ops(model, tflm_dir))}
+               "HS_EXPORT_DIR": str(exported.out_dir), "HS_INPUT_SOURCE": ""}
     for name, value in (("HS_STACK_SIZE", stack_size), ("HS_HEAP_SIZE", heap_size)):
         if value is not None:
             defines[name] = str(int(value))
@@ -312,7 +375,7 @@ def build_app(target: str, model: bytes, build_dir: Path, *,
     _cmake_configure(build_dir, target, defines)
     _cmake_build(build_dir, "app", f"building the firmware app for {target}")
     exe = build_dir / ("app.elf" if target == CORTEX_M4 else "app")
-    return AppBuild(target, exe, build_dir, library, int(arena_size),
+    return AppBuild(target, exe, build_dir, library, exported.arena_bytes,
                     time.monotonic() - start)
 
 
@@ -413,7 +476,10 @@ NOLOAD_SECTIONS = (".bss", ".heap", ".stack")
 #: Parts of the image, matched in this order against the input section's file in the map.
 PART_PATTERNS = (
     ("model array", re.compile(r"model_data\.cc\.o")),
-    ("test inputs", re.compile(r"inputs\.cc\.o")),
+    ("front end", re.compile(r"hs_mfcc\.c\.o")),
+    ("protocol", re.compile(r"hs_proto\.c\.o")),
+    ("device loop", re.compile(r"hs_device\.c\.o")),
+    ("test inputs", re.compile(r"(?<!no_)inputs\.cc\.o")),
     ("TFLite Micro", re.compile(r"libtflm\.a\(")),
     ("app", re.compile(r"CMakeFiles/app\.dir/")),
     ("C/C++ runtime", re.compile(r"lib(c_nano|c|m|g_nano|rdimon_nano|rdimon|stdc\+\+_nano|"

@@ -414,17 +414,20 @@ def screen_pcm(client: DeviceClient, pcm: np.ndarray, name: str, *, features: bo
 
     The quality gate runs here, on the host, exactly as ``heartsound screen`` runs it:
     it needs the whole recording, which a microcontroller cannot hold. A recording that
-    fails it is ``unsure`` and is not streamed (the model is not asked to guess on noise).
+    fails it is ``unsure`` and is not streamed (the model is not asked to guess on noise);
+    one shorter than a window is looped to fill it first, as ``heartsound screen`` does.
     """
+    from edge.mfcc import fill_window
     from edge.quality import assess
 
     start = time.perf_counter()
     info = client.identify()
     pcm = np.ascontiguousarray(pcm, dtype=np.int16)
-    quality = assess(pcm, gate_spec(info, specs))
+    spec = gate_spec(info, specs)
+    quality = assess(pcm, spec)
     run = None
     if quality.ok:
-        run = client.run(pcm, features=features, force=force)
+        run = client.run(fill_window(pcm, spec), features=features, force=force)
         result = screening_result(run, name)
     else:
         from edge.screening import ScreeningResult

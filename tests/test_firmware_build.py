@@ -68,14 +68,19 @@ class Case:
 
 def _convert(arch: str, real_windows: dict[str, np.ndarray]) -> bytes:
     """A project architecture (untrained: parity does not need training) in full int8,
-    calibrated on real windows of every source."""
+    calibrated on real windows of every source, with the metadata every firmware export
+    reads (classes, threshold, spec)."""
+    from convert.metadata import add_metadata, build_document
     from convert.quantize import to_int8
     from train.models import build_model
 
     calibration = np.concatenate(list(real_windows.values()))
     scale = 2.0 ** -DEFAULT_SPEC.out_frac_bits  # int16 Q8.7 features -> float model input
-    return to_int8(build_model(arch), calibration.astype(np.float32) * scale,
-                   spec=DEFAULT_SPEC, architecture=arch)
+    model = to_int8(build_model(arch), calibration.astype(np.float32) * scale,
+                    spec=DEFAULT_SPEC, architecture=arch)
+    return add_metadata(model, build_document(model, spec=DEFAULT_SPEC,
+                                              class_names=("normal", "abnormal"),
+                                              threshold=0.5, architecture=arch))
 
 
 def _int8_inputs(model: bytes, real_windows: dict[str, np.ndarray]) -> np.ndarray:

@@ -116,12 +116,23 @@ def test_identify_reports_the_model_and_front_end(emulator, screener):
 def test_a_recording_that_fails_the_gate_is_unsure_like_heartsound_screen(data_root, screener,
                                                                           emulator):
     path = sorted((data_root / "pascal" / "set_b").glob("*.wav"))[0]
-    pcm = read_wav(path, RATE)[: 2 * RATE]  # 2 s: shorter than one analysis window
+    pcm = read_wav(path, RATE)[: 3 * RATE // 2]  # 1.5 s: under the 2 s minimum
     reference = screener.screen_pcm(pcm, RATE, str(path))
     with DeviceClient(emulator.port) as client:
         result, run = screen_pcm(client, pcm, str(path))
     assert reference.decision == "unsure" and run is None
     assert comparable(result) == comparable(reference)
+
+
+def test_a_recording_shorter_than_a_window_is_looped_like_heartsound_screen(
+        data_root, screener, emulator):
+    path, _ = first_screenable(data_root, SOURCES["pascal_b"], screener)
+    pcm = read_wav(path, RATE)[: 5 * RATE // 2]  # 2.5 s: looped to one 3 s window
+    reference = screener.screen_pcm(pcm, RATE, str(path))
+    with DeviceClient(emulator.port) as client:
+        result, run = screen_pcm(client, pcm, str(path))
+    assert reference.decision != "unsure" and len(reference.windows) == 1
+    assert run is not None and comparable(result) == comparable(reference)
 
 
 def test_cli_screen_and_identify_json(data_root, screener, emulator, capsys, tmp_path):

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from edge.batch_ray import RAY_AUTH_MODE_ENV, ray_token_given, send_saved_token
 from edge.errors import UsageError
 from train.sweep_spec import Sweep, load_sweep
 
@@ -31,9 +32,7 @@ SWEEP_FILE = "sweep.json"
 SWEEP_MARKERS = (SWEEP_FILE, "sweep_summary.json")
 LOCAL_NODE_IP = "127.0.0.1"
 CPUS_PER_TRIAL = 1
-RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
 RAY_TOKEN_ENV = "RAY_AUTH_TOKEN"
-RAY_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 TOKEN_BYTES = 32  # as Ray's own generator: 256 bits
 #: Options of a single run that a sweep file sets instead (refused next to --sweep).
 SINGLE_RUN_OPTIONS = {"epochs": "--epochs", "min_se": "--min-se", "copies": "--copies",
@@ -146,7 +145,7 @@ def _start_ray(address: str | None) -> str:
 
     # before Ray is imported: its C++ side reads RAY_AUTH_MODE once, at import
     if address is not None:
-        _use_saved_token()
+        send_saved_token()
     else:
         _ephemeral_token()
     import_tune()  # a missing Ray Tune is reported before anything starts
@@ -164,27 +163,14 @@ def _start_ray(address: str | None) -> str:
     return f"local Ray ({cpus} CPUs, {CPUS_PER_TRIAL} per trial)"
 
 
-def _token_given() -> bool:
-    return any(os.environ.get(v) for v in (RAY_TOKEN_ENV, RAY_TOKEN_PATH_ENV))
-
-
 def _ephemeral_token() -> None:
     """Token authentication for the local Ray with a token that lives in this process's
     environment only. Why: left alone, ``ray.init()`` writes ``~/.ray/auth_token``, and
     from then on every ``ray start --head`` of this user requires it while clients that
     do not set RAY_AUTH_MODE fail to join ("Authentication token is missing")."""
-    if os.environ.get(RAY_AUTH_MODE_ENV) is None and not _token_given():
+    if os.environ.get(RAY_AUTH_MODE_ENV) is None and not ray_token_given():
         os.environ[RAY_AUTH_MODE_ENV] = "token"
         os.environ[RAY_TOKEN_ENV] = secrets.token_hex(TOKEN_BYTES)
-
-
-def _use_saved_token() -> None:
-    """Send our token when we have one: a cluster started while ``~/.ray/auth_token``
-    existed requires it, and one without authentication accepts a client that sends it
-    (both seen with Ray 2.60), while Ray's client sends it only when RAY_AUTH_MODE says so."""
-    saved = Path.home() / ".ray" / "auth_token"
-    if os.environ.get(RAY_AUTH_MODE_ENV) is None and (_token_given() or saved.is_file()):
-        os.environ[RAY_AUTH_MODE_ENV] = "token"
 
 
 def _stop_ray() -> None:

@@ -1,19 +1,21 @@
-/* heartsound firmware: boot, load the model, run the built-in test inputs, report.
+/* heartsound firmware: boot, load the model, then serve the serial protocol.
  *
- * Groundwork for the device app: the same main() runs on the host and on the emulated
- * Cortex-M4. Today it runs every window in g_inputs (compiled in by build.py) through the
- * model and prints one line per fact on the console, which the tests parse:
- *   HS_BOOT <target> model=<bytes> arena=<bytes>
- *   HS_ARENA_USED <bytes>
- *   HS_OUT <i> <output bytes as hex>       HS_TICKS <i> <SysTick ticks of the invoke>
- *   HS_OP_TICKS <k> <op name> <ticks>      (operator k of the first window)
- *   HS_STACK_USED <bytes>  HS_HEAP_USED <bytes>  HS_DONE
- * The front end and the serial protocol replace the input loop later; hs_serial_* (see
- * platform.h) is already the channel they will use.
+ * The same code runs on the host, on the emulated Cortex-M4 (QEMU mps2-an386) and, under
+ * the Arduino framework (setup()/loop() below), on a real board. After loading the model:
+ *  - an image built with test inputs (g_inputs, compiled in by build.py) runs them through
+ *    the model and exits: a self-test of the interpreter alone;
+ *  - otherwise the app serves protocol v1 on the serial channel (hs_device.c) forever.
+ * One console line per fact (stdout on the host, semihosting on QEMU), for the tests:
+ *   HS_BOOT <target> model=<bytes> arena=<bytes>     HS_ARENA_USED <bytes>
+ *   self-test: HS_OUT <i> <hex>  HS_TICKS <i> <ticks>  HS_OP_TICKS <k> <op> <ticks>
+ *              HS_STACK_USED <bytes>  HS_HEAP_USED <bytes>  HS_DONE
+ *   serving:   HS_SERIAL_PORT <path> (host)  HS_READY  HS_WINDOW <i> <invoke ticks>
+ *              HS_FRONTEND <frames> <ticks>  HS_INVOKES <n> <ticks>  HS_STACK_USED <bytes>
  */
 #include <stdio.h>
 #include <string.h>
 
+#include "hs_device.h"
 #include "model_runner.h"
 #include "platform.h"
 
@@ -31,6 +33,7 @@ namespace {
 constexpr int kExitModelInit = 10;  // + hs_model_status
 constexpr int kExitInputSize = 20;
 constexpr int kExitInvoke = 21;
+constexpr int kExitSerial = 30;  // the serial port could not be opened
 
 const char kSerialBanner[] = "HS_SERIAL heartsound\r\n";
 
@@ -76,11 +79,9 @@ int RunInputs() {
   return 0;
 }
 
-}  // namespace
-
-int main(void) {
+// Boot and load the model: 0, or the exit status of what failed.
+int Boot() {
   hs_platform_init();
-  hs_serial_write(reinterpret_cast<const uint8_t *>(kSerialBanner), sizeof(kSerialBanner) - 1);
   printf("HS_BOOT %s model=%u arena=%u\n", hs_platform_name, g_model_len,
          (unsigned)hs_model_arena_size());
   const hs_model_status status = hs_model_init(g_model, g_model_len);
@@ -89,6 +90,11 @@ int main(void) {
     return kExitModelInit + (int)status;
   }
   printf("HS_ARENA_USED %u\n", (unsigned)hs_model_arena_used());
+  return 0;
+}
+
+int SelfTest() {
+  hs_serial_write(reinterpret_cast<const uint8_t *>(kSerialBanner), sizeof(kSerialBanner) - 1);
   const int rc = RunInputs();
   if (rc != 0) return rc;
   printf("HS_STACK_USED %u\nHS_HEAP_USED %u\nHS_DONE\n", (unsigned)hs_platform_stack_used(),
@@ -96,3 +102,45 @@ int main(void) {
   fflush(stdout);
   return 0;
 }
+
+// Open the serial channel and start the protocol: 0, or the exit status of what failed.
+int StartDevice() {
+  if (hs_platform_serial_open() != 0) {
+    printf("HS_ERROR cannot open the serial port\n");
+    return kExitSerial;
+  }
+  hs_device_init();
+  printf("HS_READY\n");
+  fflush(stdout);
+  return 0;
+}
+
+}  // namespace
+
+#ifdef ARDUINO
+// Arduino framework: its own main() calls these; a failed boot leaves the board silent
+// (the host then reports "no answer").
+static bool g_serving = false;
+
+void setup() { g_serving = Boot() == 0 && StartDevice() == 0; }
+
+void loop() {
+  if (!g_serving) return;
+  const int byte = hs_serial_read_byte(0);
+  if (byte >= 0) hs_device_byte((uint8_t)byte);
+}
+#else
+int main(void) {
+  int rc = Boot();
+  if (rc != 0) return rc;
+  if (g_n_inputs > 0) return SelfTest();
+  rc = StartDevice();
+  if (rc != 0) return rc;
+  for (;;) {  // the host build ends when its port fails; a device serves until reset
+    const int byte = hs_serial_read_byte(HS_SERIAL_FOREVER);
+    if (byte < 0) break;
+    hs_device_byte((uint8_t)byte);
+  }
+  return 0;
+}
+#endif

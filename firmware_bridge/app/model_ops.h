@@ -34,6 +34,7 @@
   X(AddQuantize, QUANTIZE, "quantize", Register_QUANTIZE())                               \
   X(AddDequantize, DEQUANTIZE, "dequantize", Register_DEQUANTIZE())                       \
   X(AddAdd, ADD, "add", Register_ADD_INT8())                                              \
-  X(AddMul, MUL, "mul", Register_MUL_INT8())
+  X(AddMul, MUL, "mul", Register_MUL_INT8())                                              \
+  X(AddSub, SUB, "sub", Register_SUB())
 
 #endif  /* HS_MODEL_OPS_H_ */

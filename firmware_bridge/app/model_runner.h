@@ -36,6 +36,10 @@ const int8_t *hs_model_output(size_t *len);
 
 hs_model_status hs_model_invoke(void);
 
+/* Reset the model's variable tensors (recurrent state): every window starts afresh, as
+ * the Python side does before each window. */
+hs_model_status hs_model_reset(void);
+
 /* Arena bytes the planner actually used: the figure to size HS_ARENA_SIZE with. */
 size_t hs_model_arena_used(void);
 

@@ -1,11 +1,11 @@
 /* What differs between the host build and the bare-metal Cortex-M4 build.
  *
- * The app (main.cc, later the protocol and the front end) talks to the world only through
- * these functions: platform_host.c implements them with stdio, platform_cm4.c with the
- * CMSDK UART, SysTick and semihosting. Text output (printf) is the test channel: stdout on
- * the host, semihosting on QEMU. The serial channel is where the protocol will run: the
- * CMSDK UART on the device (a pseudo-terminal with QEMU's -serial pty), stdin/stdout on
- * the host.
+ * The app (main.cc, hs_device.c) talks to the world only through these functions:
+ * platform_host.c implements them with POSIX, platform_cm4.c with the CMSDK UART, SysTick
+ * and semihosting, platform_arduino.cpp with Arduino's Serial. Text output (printf) is the
+ * test channel: stdout on the host, semihosting on QEMU. The serial channel is where the
+ * protocol runs: the CMSDK UART on the device (a pseudo-terminal with QEMU's -serial pty),
+ * a pseudo-terminal the host build opens itself (stdin/stdout before that).
  */
 #ifndef HS_PLATFORM_H_
 #define HS_PLATFORM_H_
@@ -31,11 +31,18 @@ int hs_platform_has_ticks(void);
 uint64_t hs_platform_ticks(void);
 #define HS_INSTRUCTIONS_PER_TICK 40u
 
+/* Switch the serial channel to the port the protocol runs on (after any self-test output).
+ * Host: a new pseudo-terminal, whose path is printed as "HS_SERIAL_PORT <path>" (as QEMU
+ * prints "char device redirected to <path>"); device: nothing to do (UART0 already). */
+int hs_platform_serial_open(void);
+
 /* Write bytes to the serial channel (blocking). */
 void hs_serial_write(const uint8_t *data, size_t len);
 
-/* Next byte from the serial channel, or -1 if none arrives (host: end of input). Blocks
- * on the host; on the device it polls until a byte arrives or timeout_polls polls pass. */
+/* Next byte from the serial channel, or -1 if none arrives (host: end of input or the
+ * port failed). Blocks on the host; on a device it polls until a byte arrives or
+ * timeout_polls polls pass (HS_SERIAL_FOREVER: until a byte arrives). */
+#define HS_SERIAL_FOREVER 0xFFFFFFFFu
 int hs_serial_read_byte(uint32_t timeout_polls);
 
 /* Peak stack bytes used so far (0 where not measured). */

@@ -63,9 +63,11 @@ uint64_t hs_platform_ticks(void) {
 
 void hs_serial_write(const uint8_t *data, size_t len) { hs_uart_write(HS_UART0_BASE, data, len); }
 
+int hs_platform_serial_open(void) { return 0; } /* UART0, set up by hs_platform_init */
+
 int hs_serial_read_byte(uint32_t timeout_polls) {
   uint8_t byte;
-  for (uint32_t i = 0; i <= timeout_polls; ++i) {
+  for (uint32_t i = 0; timeout_polls == HS_SERIAL_FOREVER || i <= timeout_polls; ++i) {
     if (hs_uart_try_getc(HS_UART0_BASE, &byte)) return byte;
   }
   return -1;

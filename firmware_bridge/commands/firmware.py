@@ -1,9 +1,8 @@
-"""`heartsound firmware ACTION`: talk to a microcontroller (and, later, export C for one).
+"""`heartsound firmware ACTION`: talk to a microcontroller and export C for one.
 
 Each action lives in its own module with ``add_arguments(parser)`` and ``run(args)``, like
-the top-level commands (see :mod:`edge.cli`), and is listed in :data:`ACTIONS`; adding
-``export`` is one line there plus its module. Nothing heavy is imported here, so
-``heartsound --help`` stays instant.
+the top-level commands (see :mod:`edge.cli`), and is listed in :data:`ACTIONS`. Nothing
+heavy is imported here, so ``heartsound --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -17,6 +16,8 @@ ACTIONS: dict[str, tuple[str, str]] = {
                  "ask a device on a serial port who it is and which model it runs"),
     "screen": ("firmware_bridge.commands.firmware_screen",
                "screen a WAV recording on a device over the serial protocol"),
+    "export": ("firmware_bridge.commands.firmware_export",
+               "write a model as firmware sources (C array, header, app, PlatformIO)"),
 }
 
 
