@@ -104,7 +104,7 @@ def print_table(table: dict, title: str) -> None:
     print(f"good recordings wrongly rejected (long enough to screen): "
           f"{s['good_rejected_other']}/{s['good'] - s['good_too_short']} "
           f"({100 * (s['false_reject_rate'] or 0):.2f} %), of which no heart sound: "
-          f"{s['good_rejected_no_heart']}; too short for one window: "
+          f"{s['good_rejected_no_heart']}; too short (under 2 s): "
           f"{s['good_too_short']}/{s['good']}")
 
 

@@ -201,6 +201,20 @@ class MfccStream:
         return out
 
 
+def fill_window(pcm: np.ndarray, spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray:
+    """A recording shorter than one analysis window, repeated until it fills one.
+
+    Why: heart sounds are periodic, so two or more cardiac cycles looped are still a
+    plausible recording, and the model needs a whole window. Training and the device
+    apply the same rule (recordings under :data:`edge.quality.MIN_SECONDS` are refused
+    before this as "too short"); longer recordings pass unchanged.
+    """
+    n = spec.window_samples
+    if pcm.size >= n or pcm.size == 0:
+        return pcm
+    return np.tile(pcm, -(-n // pcm.size))[:n]
+
+
 def windows(features: np.ndarray, spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray:
     """(n_windows, frames_per_window, n_ceps) int16 model inputs from a feature matrix.
 

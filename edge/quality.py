@@ -4,7 +4,9 @@ A screening tool that classifies speech, a rubbed microphone or silence as "norm
 worse than one that says "retake". This gate runs before the model and answers *unsure*
 with a reason and a hint when the recording is:
 
-1. **too short**: fewer samples than one analysis window (the model cannot run);
+1. **too short**: under :data:`MIN_SECONDS` (2 s, two cardiac cycles at 60 bpm). A
+   recording between that and one analysis window is looped to fill the window
+   (:func:`edge.mfcc.fill_window`), exactly as training does;
 2. **silent**: baseline-free RMS below :data:`SILENT_RMS` int16 units (-66 dBFS). The
    quietest labelled heart recording here has an RMS of 54 (PASCAL A), the quietest
    PASCAL ``artifact`` ("silence") 12;
@@ -34,8 +36,8 @@ labelled heart recordings (normal and abnormal, every source); the other half (h
 is only measured, by ``bench/bench_quality.py`` and ``tests/test_quality.py``. Chosen:
 5-sample boxcar twice, threshold 0.214 (calibration half: 18/18 artifacts, 4/659 good
 rejected). Held out: 13 of 14 artifacts caught; 2 of 631 good recordings long enough to
-screen rejected (one "no heart sound", one clipped). 90 of 1382 labelled recordings (86
-PASCAL B) are shorter than one 3 s window and are "too short" whatever they hold.
+screen rejected (one "no heart sound", one clipped). 42 of 1382 labelled recordings (38
+PASCAL B, 4 PASCAL A) are shorter than 2 s and are "too short" whatever they hold.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ __all__ = [
 ]
 
 # ---- thresholds (see the module docstring for where each comes from) --------------------
+MIN_SECONDS = 2.0  # shortest recording screened; training leaves shorter ones out too
 SILENT_RMS = 16  # int16 units, RMS of the baseline-free signal (-66 dBFS)
 CLIP_LEVEL = 32440  # |x| >= 99 % of full scale counts as clipped
 CLIP_SHARE_PERMILLE = 50  # more than 5 % of samples clipped -> retake
@@ -166,7 +169,7 @@ def assess(pcm: np.ndarray, spec: FeatureSpec = DEFAULT_SPEC) -> Quality:
     rate = spec.sample_rate_hz
     n = int(x.size)
     figures: dict = {"seconds": round(n / rate, 3)}
-    need = spec.window_samples
+    need = min_samples(spec)
     if n < max(need, rate // HP_DIVISOR + 1):
         return _unsure(TOO_SHORT, figures, need=need / rate)
     hp, lp, hp_gain, lp_gain = _filtered(x, rate)
@@ -184,6 +187,11 @@ def assess(pcm: np.ndarray, spec: FeatureSpec = DEFAULT_SPEC) -> Quality:
     if low_q15 < LOW_SHARE_MIN_Q15:
         return _unsure(NO_HEART, figures)
     return Quality(True, None, None, figures)
+
+
+def min_samples(spec: FeatureSpec = DEFAULT_SPEC) -> int:
+    """Samples of the shortest recording screened (:data:`MIN_SECONDS`, at most a window)."""
+    return min(spec.window_samples, round(MIN_SECONDS * spec.sample_rate_hz))
 
 
 def _unsure(reason: str, figures: dict, **fmt) -> Quality:

@@ -18,7 +18,7 @@ import numpy as np
 from edge import decision
 from edge.errors import ModelError
 from edge.interpreter import Classifier
-from edge.mfcc import mfcc, windows
+from edge.mfcc import fill_window, mfcc, windows
 from edge.model_meta import ModelMeta, read_model_meta
 from edge.quality import Quality, assess
 from edge.resample import resample
@@ -103,7 +103,7 @@ class Screener:
                             probability_abnormal=None, windows=[])
 
     def _classify(self, pcm: np.ndarray, quality: Quality, name: str) -> ScreeningResult:
-        feats = windows(mfcc(pcm, self.spec), self.spec)
+        feats = windows(mfcc(fill_window(pcm, self.spec), self.spec), self.spec)
         probs = self.classifier.predict(feats).probabilities
         per_window = decision.abnormal_probability(probs, self.normal_idx)
         mean = decision.recording_probabilities(probs)

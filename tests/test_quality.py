@@ -15,7 +15,8 @@ import pytest
 
 from edge import quality
 from edge.audio import read_wav
-from edge.quality import assess, low_band_share_q15
+from edge.mfcc import fill_window
+from edge.quality import assess, low_band_share_q15, min_samples
 from edge.spec import DEFAULT_SPEC
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,13 +48,19 @@ def test_real_heart_recording_passes(heart):
     assert q.figures["clipped_share"] == 0
 
 
-def test_too_short_is_less_than_one_window(heart):
-    n = DEFAULT_SPEC.window_samples
+def test_too_short_is_under_two_seconds_and_short_ones_fill_a_window(heart):
+    n = min_samples(DEFAULT_SPEC)
+    assert n == 2 * RATE < DEFAULT_SPEC.window_samples
     short = assess(heart[: n - 1])
     assert (short.ok, short.reason) == (False, "too short")
-    assert "3 s" in short.hint
+    assert "2 s" in short.hint
     assert assess(heart[:n]).ok
     assert assess(np.zeros(0, np.int16)).reason == "too short"
+    filled = fill_window(heart[:n], DEFAULT_SPEC)  # what screening and training classify
+    assert filled.size == DEFAULT_SPEC.window_samples
+    assert np.array_equal(filled[:n], heart[:n]) and np.array_equal(filled[n:], heart[:n][
+        : filled.size - n])
+    assert fill_window(heart, DEFAULT_SPEC) is heart  # long recordings pass unchanged
 
 
 def test_silence_and_near_silence(heart):

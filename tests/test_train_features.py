@@ -9,7 +9,7 @@ import pytest
 
 import train.features as features
 from edge.audio import read_wav
-from edge.mfcc import mfcc, windows
+from edge.mfcc import fill_window, mfcc, windows
 from edge.spec import DEFAULT_SPEC
 from train.augment import AugmentConfig, draw_variants, noise_bank, speed_rates
 from train.datasets import SCREENING, load_records
@@ -18,7 +18,6 @@ from train.features import (
     FeatureCache,
     Variant,
     extract_all,
-    loop_to,
     recording_windows,
 )
 
@@ -64,8 +63,7 @@ def test_features_are_the_front_end_and_second_run_hits_the_cache(
     assert len(calls) == len(items)  # nothing recomputed
     for rec, a, b in zip(one_per_source, first, second, strict=True):
         assert a.dtype == np.int16 and np.array_equal(a, b)
-        pcm = loop_to(read_wav(rec.path, DEFAULT_SPEC.sample_rate_hz),
-                      DEFAULT_SPEC.window_samples)
+        pcm = fill_window(read_wav(rec.path, DEFAULT_SPEC.sample_rate_hz), DEFAULT_SPEC)
         assert np.array_equal(a, mfcc(pcm, DEFAULT_SPEC))  # the device's own bits
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from edge.audio import read_wav
 from edge.errors import DataError
-from edge.mfcc import mfcc, windows
+from edge.mfcc import fill_window, mfcc, windows
 from edge.resample import resample
 from edge.spec import FeatureSpec
 
@@ -158,15 +158,6 @@ def _atomic_write(path: Path, write) -> None:
 # ------------------------------------------------------------------------ computing
 
 
-def loop_to(pcm: np.ndarray, n_samples: int) -> np.ndarray:
-    """Repeat a recording until it holds ``n_samples`` (a short recording still gets one
-    analysis window: heart sounds are periodic, so looping keeps them plausible)."""
-    if pcm.size >= n_samples or pcm.size == 0:
-        return pcm
-    reps = -(-n_samples // pcm.size)
-    return np.tile(pcm, reps)[:n_samples]
-
-
 def _mix_noise(pcm: np.ndarray, noise: np.ndarray, offset: int, snr_db: float) -> np.ndarray:
     if noise.size == 0 or pcm.size == 0:
         return pcm.astype(np.float64)
@@ -195,11 +186,11 @@ def apply_variant(pcm: np.ndarray, variant: Variant, spec: FeatureSpec) -> np.nd
 
 def compute_features(path: str | Path, spec: FeatureSpec, variant: Variant = IDENTITY
                      ) -> np.ndarray:
-    """(n_frames, n_ceps) int16: read, alter, loop to one window, fixed-point MFCC."""
+    """(n_frames, n_ceps) int16: read, alter, fill one window as the device does, MFCC."""
     pcm = read_wav(path, spec.sample_rate_hz)
     if not variant.is_identity:
         pcm = apply_variant(pcm, variant, spec)
-    return mfcc(loop_to(pcm, spec.window_samples), spec)
+    return mfcc(fill_window(pcm, spec), spec)
 
 
 def _worker(job: tuple[str, str, Variant, FeatureSpec]) -> tuple[str, np.ndarray | str]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from edge.quality import MIN_SECONDS
+
 PCT = 100.0
 
 
@@ -168,7 +170,9 @@ leave-one-database-out figures below are the honest estimate for a new stethosco
   PASCAL labels cover murmur, extra heart sound and extrastole only. Other conditions
   (arrhythmias beyond extrastole, congenital disease in neonates, prosthetic valves) are
   not represented.
-- Recordings shorter than {metrics['spec']['window_s']:g} s are looped to one window.
+- Recordings between {MIN_SECONDS:g} s and {metrics['spec']['window_s']:g} s are looped to
+  one window, by the device as in training; shorter ones are left out of training and
+  evaluation, and the device answers "unsure: too short" for them.
 - Signal quality: artifact recordings are excluded here; the device's quality gate, not
   this model, must answer "retake" for them.
 """

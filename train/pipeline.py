@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import DataError, UsageError
+from edge.quality import MIN_SECONDS
 from edge.spec import FeatureSpec
 from train.datasets import LabelSet, Recording
 from train.evaluate import evaluate_groups, meets
@@ -123,7 +124,15 @@ def main_splits(records: Sequence[Recording], label_set: LabelSet, seed: int) ->
     return split_groups(usable, DEFAULT_FRACTIONS, seed, label_set=label_set)
 
 
+def screenable(records: Sequence[Recording]) -> list[Recording]:
+    """The recordings a device would screen: none under edge.quality.MIN_SECONDS, which
+    the device answers "unsure: too short" (training on them, or measuring on them, would
+    describe a model nobody runs)."""
+    return [r for r in records if r.seconds >= MIN_SECONDS]
+
+
 def _in_label_set_datasets(records: Sequence[Recording], label_set: LabelSet) -> list:
+    records = screenable(records)
     if label_set.datasets is None:
         chosen = list(records)
     else:
