@@ -71,18 +71,25 @@ class RunRequest:
 # ------------------------------------------------------------------------ run folder
 
 
-def prepare_run_folder(out: Path, force: bool) -> None:
-    """Refuse an existing folder unless ``force``; never delete a folder that is not a run."""
+def check_output_folder(out: Path, force: bool, markers: Sequence[str], kind: str) -> None:
+    """Refuse an existing ``kind`` folder unless ``force``, and refuse even then a
+    non-empty folder holding none of ``markers`` (never delete what we did not write)."""
     if out.exists() and not out.is_dir():
-        raise UsageError(f"run folder {out} is a file: pass --out with a folder path")
+        raise UsageError(f"{kind} folder {out} is a file: pass --out with a folder path")
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise UsageError(f"run folder {out} already exists: choose another --out, or "
+            raise UsageError(f"{kind} folder {out} already exists: choose another --out, or "
                              "pass --force to replace it")
-        if not any((out / m).exists() for m in RUN_MARKERS):
-            raise UsageError(f"run folder {out} is not empty and holds no heartsound run "
-                             "(no metrics.json/model.json): refusing to delete it even with "
-                             "--force; choose another --out")
+        if not any((out / m).exists() for m in markers):
+            raise UsageError(f"{kind} folder {out} is not empty and holds no heartsound "
+                             f"{kind} (no {'/'.join(markers[:2])}): refusing to delete it "
+                             "even with --force; choose another --out")
+
+
+def prepare_run_folder(out: Path, force: bool) -> None:
+    """An empty run folder at ``out`` (see :func:`check_output_folder` for the refusals)."""
+    check_output_folder(out, force, RUN_MARKERS, "run")
+    if out.exists() and any(out.iterdir()):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 

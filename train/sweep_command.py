@@ -85,16 +85,9 @@ def _refuse_single_run_options(args: argparse.Namespace) -> None:
 
 def check_sweep_folder(out: Path, force: bool) -> None:
     """Refuse an existing folder unless --force, and never one that holds no sweep."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"sweep folder {out} is a file: pass --out with a folder path")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise UsageError(f"sweep folder {out} already exists: choose another --out, or "
-                             "pass --force to replace it")
-        if not any((out / m).exists() for m in SWEEP_MARKERS):
-            raise UsageError(f"sweep folder {out} is not empty and holds no heartsound sweep "
-                             f"(no {SWEEP_FILE}): refusing to delete it even with --force; "
-                             "choose another --out")
+    from train.pipeline import check_output_folder
+
+    check_output_folder(out, force, SWEEP_MARKERS, "sweep")
 
 
 def make_sweep_folder(out: Path, force: bool, sweep: Sweep, setup, split: str,

@@ -49,7 +49,9 @@ DEFAULT_EPOCHS = 20
 DEFAULT_BATCH = 128
 DEFAULT_LR = 2e-3
 DEFAULT_PATIENCE = 8
-MAX_WINDOWS_PER_RECORDING = 4
+MAX_WINDOWS_PER_RECORDING = 8
+"""Windows drawn per recording per epoch. Validation MAcc of the CNN (same split, seed 0):
+4 -> 0.675, 8 -> 0.759, 16 -> 0.755; 8 doubles an epoch's data for the same cap ratio."""
 REPRESENTATIVE_WINDOWS = 300
 PREDICT_BATCH = 512
 INT8_MIN, INT8_MAX, INT8_LEVELS = -128, 127, 255
