@@ -38,3 +38,29 @@ def data_root() -> Path:
             pytrace=False,
         )
     return root
+
+
+# ---- the firmware app (tests/test_firmware_qemu.py, tests/test_firmware_faults.py) ----------
+@pytest.fixture(scope="session")
+def model() -> bytes:
+    """The shipped int8 model, as the firmware builds embed it."""
+    from edge.screening import PACKAGED_MODEL
+
+    return PACKAGED_MODEL.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def arena(model) -> int:
+    """The arena the export measures with TFLite Micro (once for every build)."""
+    from firmware_bridge.export import ARENA_MARGIN, measure_arena
+
+    return measure_arena(model) + ARENA_MARGIN
+
+
+@pytest.fixture(scope="session")
+def host_build(model, arena, tmp_path_factory):
+    """The host build of the serving app (built once per test session)."""
+    from firmware_bridge import build
+
+    return build.build_app(build.HOST, model, tmp_path_factory.mktemp("fw-host"),
+                           arena_size=arena)

@@ -24,11 +24,11 @@ from edge.mfcc import mfcc, windows
 from edge.screening import PACKAGED_MODEL, Screener
 from firmware_bridge import build
 from firmware_bridge import protocol as p
-from firmware_bridge.client import DeviceClient, DeviceReportedError, screen_pcm
+from firmware_bridge.client import DeviceClient, screen_pcm
 from firmware_bridge.emulator import Device, TflmModel
-from firmware_bridge.export import ARENA_MARGIN, measure_arena
 from firmware_bridge.model_cost import model_macs
 from firmware_bridge.serve import serve_host, serve_qemu, session_figures
+from tests.protocol_errors import check_protocol_errors
 
 pytestmark = pytest.mark.slow  # builds the app twice (TFLite Micro itself is cached)
 
@@ -52,11 +52,6 @@ FLASH_TARGET, RAM_TARGET = 128 * 1024, 64 * 1024
 
 
 @pytest.fixture(scope="module")
-def model() -> bytes:
-    return PACKAGED_MODEL.read_bytes()
-
-
-@pytest.fixture(scope="module")
 def screener() -> Screener:
     return Screener(PACKAGED_MODEL)
 
@@ -64,18 +59,6 @@ def screener() -> Screener:
 @pytest.fixture(scope="module")
 def tflm(model) -> TflmModel:
     return TflmModel(model)
-
-
-@pytest.fixture(scope="module")
-def arena(model) -> int:
-    """The arena the export measures with TFLite Micro (once for both builds)."""
-    return measure_arena(model) + ARENA_MARGIN
-
-
-@pytest.fixture(scope="module")
-def host_build(model, arena, tmp_path_factory) -> build.AppBuild:
-    return build.build_app(build.HOST, model, tmp_path_factory.mktemp("fw-host"),
-                           arena_size=arena)
 
 
 @pytest.fixture(scope="module")
@@ -154,31 +137,7 @@ def test_firmware_identifies_like_the_emulator(host_fw, model):
 
 def test_firmware_reports_protocol_errors(host_fw):
     with DeviceClient(host_fw.port, timeout=1.0) as c:
-        c.abort()
-        cases = [
-            (lambda: c.request(p.MsgType.START, p.Start(4000, 0).pack()), p.ErrorCode.WRONG_RATE),
-            (lambda: c.request(p.MsgType.AUDIO, p.Audio(0, np.zeros(8, np.int16)).pack()),
-             p.ErrorCode.NO_SESSION),
-            (lambda: c.request(0x42), p.ErrorCode.UNKNOWN_TYPE),
-            (lambda: c.request(p.MsgType.START, b"\x01"), p.ErrorCode.BAD_PAYLOAD),
-        ]
-        for call, code in cases:
-            with pytest.raises(DeviceReportedError) as exc:
-                call()
-            assert exc.value.code == code
-        c.request(p.MsgType.START, p.Start(RATE, 0).pack())
-        with pytest.raises(DeviceReportedError) as exc:
-            c.request(p.MsgType.START, p.Start(RATE, 0).pack())
-        assert exc.value.code == p.ErrorCode.BUSY
-        with pytest.raises(DeviceReportedError) as exc:  # a gap: 8 samples never arrived
-            c.request(p.MsgType.AUDIO, p.Audio(8, np.zeros(8, np.int16)).pack())
-        assert exc.value.code == p.ErrorCode.BAD_SEQUENCE
-        with pytest.raises(DeviceReportedError) as exc:
-            c.request(p.MsgType.AUDIO, p.Audio(0, np.zeros(1000, np.int16)).pack())
-        assert exc.value.code == p.ErrorCode.BAD_PAYLOAD
-        c.abort()
-        run = c.run(np.zeros(100, np.int16))  # usable again; too short for a window
-        assert run.done.decision == p.Decision.NO_WINDOWS and run.done.windows == 0
+        check_protocol_errors(c)
 
 
 def _exchange(port: serial.Serial, wire: bytes) -> list:

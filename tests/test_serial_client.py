@@ -40,6 +40,8 @@ from firmware_bridge.client import (
     screen_pcm,
 )
 from firmware_bridge.emulator import Emulator, LineFaults
+from tests.line_faults import FAULT, scripted
+from tests.protocol_errors import check_protocol_errors
 
 SOURCES = {
     "pascal_a": "pascal/set_a/*.wav",
@@ -170,27 +172,7 @@ def test_cli_reports_a_missing_port_in_one_line(capsys, tmp_path):
 def test_device_reports_protocol_errors(emulator):
     emulator.reset()
     with DeviceClient(emulator.port, timeout=1.0) as c:
-        cases = [
-            (lambda: c.request(p.MsgType.START, p.Start(4000, 0).pack()), p.ErrorCode.WRONG_RATE),
-            (lambda: c.request(p.MsgType.AUDIO, p.Audio(0, np.zeros(8, np.int16)).pack()),
-             p.ErrorCode.NO_SESSION),
-            (lambda: c.request(0x42), p.ErrorCode.UNKNOWN_TYPE),
-            (lambda: c.request(p.MsgType.START, b"\x01"), p.ErrorCode.BAD_PAYLOAD),
-        ]
-        for call, code in cases:
-            with pytest.raises(DeviceReportedError) as exc:
-                call()
-            assert exc.value.code == code
-        c.request(p.MsgType.START, p.Start(RATE, 0).pack())
-        with pytest.raises(DeviceReportedError) as exc:
-            c.request(p.MsgType.START, p.Start(RATE, 0).pack())
-        assert exc.value.code == p.ErrorCode.BUSY and "--force" in str(exc.value)
-        with pytest.raises(DeviceReportedError) as exc:  # a gap: 8 samples never arrived
-            c.request(p.MsgType.AUDIO, p.Audio(8, np.zeros(8, np.int16)).pack())
-        assert exc.value.code == p.ErrorCode.BAD_SEQUENCE
-        c.abort()
-        run = c.run(np.zeros(100, np.int16))  # the device is usable again
-        assert run.done.decision == p.Decision.NO_WINDOWS and run.done.windows == 0
+        check_protocol_errors(c)
 
 
 def test_force_aborts_a_session_left_running(emulator, data_root, screener):
@@ -302,48 +284,6 @@ def test_a_line_of_pure_noise_is_a_link_error(emulator):
 # ---------------------------------------------------------------------------- faults
 
 
-def mangle(data: bytes, kind: str, a: int, b: int) -> bytes:
-    """One fault on one frame/read; a and b pick where and which bit."""
-    d = bytearray(data)
-    if not d:
-        return data
-    pos = a % len(d)
-    if kind == "flip":
-        d[pos] ^= 1 << (b % 8)
-    elif kind == "drop":
-        del d[pos]
-    elif kind == "dup":
-        d.insert(pos, d[pos])
-    elif kind == "cut":
-        del d[max(1, len(d) // 2):]
-    elif kind == "lose":
-        return b""
-    elif kind == "noise":
-        d[0:0] = random.Random(a).randbytes(1 + b % 40)
-    return bytes(d)
-
-
-class Script:
-    """Apply the scripted faults to the n-th frame (host side) or read (device side)."""
-
-    def __init__(self, faults: list[tuple[int, str, int, int]]) -> None:
-        self.faults = {}
-        for index, kind, a, b in faults:
-            self.faults.setdefault(index, []).append((kind, a, b))
-        self.count = 0
-
-    def __call__(self, data: bytes) -> bytes:
-        for kind, a, b in self.faults.get(self.count, []):
-            data = mangle(data, kind, a, b)
-        self.count += 1
-        return data
-
-
-KINDS = st.sampled_from(["flip", "drop", "dup", "cut", "lose", "noise"])
-FAULT = st.tuples(st.sampled_from(["to_host", "to_device"]), st.integers(0, 24), KINDS,
-                  st.integers(0, 5000), st.integers(0, 255))
-
-
 @pytest.fixture(scope="module")
 def excerpt(data_root, screener):
     path, pcm = first_screenable(data_root, SOURCES["physionet_a"], screener)
@@ -354,9 +294,7 @@ def excerpt(data_root, screener):
 
 
 def run_with_faults(emulator, pcm, faults, retries):
-    emulator.reset(LineFaults(
-        to_host=Script([f[1:] for f in faults if f[0] == "to_host"]),
-        to_device=Script([f[1:] for f in faults if f[0] == "to_device"])))
+    emulator.reset(scripted(faults))
     start = time.monotonic()
     try:
         with DeviceClient(emulator.port, timeout=FAULT_TIMEOUT_S, retries=retries) as c:
