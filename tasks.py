@@ -7,6 +7,8 @@ here is exactly what a user runs; `pipeline` chains them on the real data.
 from __future__ import annotations
 
 import shlex
+import shutil
+from pathlib import Path
 
 from invoke import Context, Exit, task
 
@@ -84,8 +86,26 @@ def sweep(
 
 @task(help={"run": "training run folder", "out": "int8 .tflite to write (replaced)"})
 def convert(c: Context, run: str = RUN_DIR, out: str = MODEL) -> None:
-    """Quantise the run's model to full-integer int8 with its metadata."""
+    """Quantise the run's model to full-integer int8 with its metadata.
+
+    Into the packaged model's place (the default), the run's metrics, model card and
+    plots travel with it, so what ships always describes the model beside it.
+    """
     c.run(f"heartsound convert {run} --out {out} --force")
+    if out == MODEL:
+        _ship_run_documents(Path(run))
+
+
+SHIPPED_DOCUMENTS = {"metrics.json": "edge/models/heartsound_int8.metrics.json",
+                     "MODEL_CARD.md": "edge/models/MODEL_CARD.md",
+                     "training_curves.png": "docs/model/training_curves.png",
+                     "confusion_matrix.png": "docs/model/confusion_matrix.png"}
+
+
+def _ship_run_documents(run: Path) -> None:
+    for name, dest in SHIPPED_DOCUMENTS.items():
+        shutil.copyfile(run / name, dest)
+        print(f"shipped {run / name} -> {dest}")
 
 
 @task(help={"run": "training run folder", "model": "int8 .tflite"})

@@ -59,11 +59,25 @@ def convert_run(run: RunFolder, version: str | None = None) -> bytes:
     return model
 
 
+MODEL_MODE = 0o644
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, then rename: a killed run leaves no half model."""
+    """Temp file in the same folder, then rename: a killed run leaves no half model.
+
+    The file gets the usual 0644-under-umask mode, not mkstemp's 0600: a model is shipped
+    and read by other users (the packaged model, a device's service account).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, MODEL_MODE & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
