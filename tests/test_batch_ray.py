@@ -91,17 +91,18 @@ class Cluster:
         logs = " | ".join(_text(self.tmp / f"{n}.log")[-400:] for n in ("head", "worker"))
         pytest.fail(f"Ray cluster did not start in its namespace: {logs}", pytrace=False)
 
-    def command(self, *args: str) -> list[str]:
-        """A `heartsound screen` command line that runs inside the namespace."""
+    def command(self, *args: str, action: str = "screen") -> list[str]:
+        """A `heartsound ACTION` command line that runs inside the namespace."""
         if not self.ready:
             self.wait_ready()
             self.ready = True
         return ["nsenter", f"--net=/proc/{self.shell.pid}/ns/net", "--", sys.executable,
-                "-m", "edge.cli", "screen", *args]
+                "-m", "edge.cli", action, *args]
 
-    def run(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(*args), capture_output=True, text=True, cwd=REPO,
-                              env=_env(self.home), timeout=180)
+    def run(self, *args: str, action: str = "screen",
+            timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(*args, action=action), capture_output=True,
+                              text=True, cwd=REPO, env=_env(self.home), timeout=timeout)
 
     def stop(self) -> None:
         """End the `ray start --block` processes (they stop their nodes), then anything
@@ -242,3 +243,23 @@ def _answer_http(server: socket.socket) -> None:
     with conn:
         conn.recv(1024)
         conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.slow
+def test_training_sweep_runs_its_trials_on_the_cluster(cluster, data_root, tmp_path):
+    """`heartsound train --sweep --ray`: two one-epoch trials placed by Ray Tune on the
+    two-node cluster, both ordinary run folders on one patient-level split."""
+    pytest.importorskip("ray.tune", reason="Ray Tune is not installed")
+    sweep = tmp_path / "tiny.yaml"
+    sweep.write_text("params:\n  arch: cnn\n  seed: [0, 1]\n  epochs: 1\n  copies: 0\n")
+    out = tmp_path / "out"
+    data = [a for d in ("pascal", "physionet2016") for a in ("--data", str(data_root / d))]
+    done = cluster.run("--sweep", str(sweep), "--out", str(out), "--cache",
+                       str(tmp_path / "cache"), "--limit", "10", "--quiet",
+                       "--ray", f"127.0.0.1:{PORT}", *data, action="train", timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    assert [t["status"] for t in summary["trials"]] == ["ok", "ok"]
+    splits = {json.loads((Path(t["run_dir"]) / "metrics.json").read_text())["data"]["split_id"]
+              for t in summary["trials"]}
+    assert len(splits) == 1
