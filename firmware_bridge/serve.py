@@ -38,6 +38,7 @@ class RunningFirmware:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.proc: subprocess.Popen | None = None
+        self._pump_thread: threading.Thread | None = None
         self.port = ""
 
     # ---- life cycle ------------------------------------------------------------------------
@@ -47,7 +48,9 @@ class RunningFirmware:
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         except FileNotFoundError as exc:
             raise FirmwareBuildError(f"{self.what}: {self.cmd[0]} not found: install it") from exc
-        threading.Thread(target=self._pump, name="hs-firmware-console", daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, name="hs-firmware-console",
+                                             daemon=True)
+        self._pump_thread.start()
         try:
             self.port = self.wait_for(self._pattern, timeout).group(1)
             self.wait_for(READY, timeout)
@@ -64,6 +67,11 @@ class RunningFirmware:
             self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=STOP_TIMEOUT_S)
+        if self._pump_thread is not None:  # it ends at EOF; then the pipe can be closed
+            self._pump_thread.join(timeout=STOP_TIMEOUT_S)
+        if self.proc.stdout is not None and not (self._pump_thread
+                                                 and self._pump_thread.is_alive()):
+            self.proc.stdout.close()
         return self.proc.returncode
 
     def __enter__(self) -> RunningFirmware:
