@@ -64,3 +64,13 @@ def host_build(model, arena, tmp_path_factory):
 
     return build.build_app(build.HOST, model, tmp_path_factory.mktemp("fw-host"),
                            arena_size=arena)
+
+
+@pytest.fixture(scope="module")
+def host_fw(host_build):
+    """The host build serving the protocol on its own pty (one process per test module:
+    a module's tests may freeze or confuse it, the next module starts clean)."""
+    from firmware_bridge.serve import serve_host
+
+    with serve_host(host_build.executable) as fw:
+        yield fw

@@ -34,7 +34,6 @@ from firmware_bridge import protocol as p
 from firmware_bridge.client import DeviceClient, NoAnswerError, screen_pcm
 from firmware_bridge.emulator import LineFaults
 from firmware_bridge.line_relay import LineRelay
-from firmware_bridge.serve import serve_host
 from tests.line_faults import FAULT, scripted
 from tests.test_firmware_qemu import EXAMPLE, RATE, comparable
 
@@ -59,9 +58,8 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def firmware(host_build):
-    with serve_host(host_build.executable) as fw:
-        yield fw
+def firmware(host_fw):
+    return host_fw
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,9 @@ from firmware_bridge import protocol as p
 from firmware_bridge.client import DeviceClient, screen_pcm
 from firmware_bridge.emulator import Device, TflmModel
 from firmware_bridge.model_cost import model_macs
-from firmware_bridge.serve import serve_host, serve_qemu, session_figures
+from firmware_bridge.serve import serve_qemu, session_figures
 from tests.protocol_errors import check_protocol_errors
+from tests.test_serial_client import SOURCES
 
 pytestmark = pytest.mark.slow  # builds the app twice (TFLite Micro itself is cached)
 
@@ -36,13 +37,6 @@ RATE = 2000
 REPO = Path(__file__).resolve().parent.parent
 #: A real recording shipped with the repository (PhysioNet training-a, 12.8 s, 10 windows).
 EXAMPLE = REPO / "examples" / "physionet_a0336_abnormal.wav"
-SOURCES = {
-    "pascal_a": "pascal/set_a/*.wav",
-    "pascal_b": "pascal/set_b/*.wav",
-    "physionet_a": "physionet2016/training-a/*.wav",
-    "physionet_b": "physionet2016/training-b/*.wav",
-    "physionet_d": "physionet2016/training-d/*.wav",
-}
 #: Seconds of each recording screened on the host build (keeps the sweep fast).
 HOST_EXCERPT_S = 20
 #: Answer timeout on QEMU: a window's front end and inference take ~10^7 emulated
@@ -65,12 +59,6 @@ def tflm(model) -> TflmModel:
 def m4_build(model, arena, tmp_path_factory) -> build.AppBuild:
     return build.build_app(build.CORTEX_M4, model, tmp_path_factory.mktemp("fw-m4"),
                            arena_size=arena)
-
-
-@pytest.fixture(scope="module")
-def host_fw(host_build):
-    with serve_host(host_build.executable) as fw:
-        yield fw
 
 
 @pytest.fixture(scope="module")
