@@ -136,6 +136,14 @@ def screen(c: Context, wav: str = "examples", model: str = MODEL) -> None:
     c.run(f"heartsound screen {wav} --model {model}")
 
 
+@task(help={"out": "folder to write (replaced)", "model": "int8 .tflite"})
+def firmware(c: Context, out: str = "build/firmware", model: str = MODEL) -> None:
+    """Export the model for a microcontroller: C array, header, C front end, app sources,
+    PlatformIO project (then `cmake -S firmware_bridge -DHS_EXPORT_DIR=OUT` or `pio run`)."""
+    c.run(f"heartsound firmware export --out {shlex.quote(out)} --model {shlex.quote(model)} "
+          "--force")
+
+
 @task
 def pipeline(c: Context) -> None:
     """The whole chain on the real data: train, convert, verify, screen, bench.
