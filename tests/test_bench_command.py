@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("front_end_ms", "interpreter_ms", "window_ms")
+STAGES = ("front_end_ms", "interpreter_ms", "window_ms", "recording_window_ms")
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
@@ -28,6 +28,12 @@ def test_bench_json_has_every_stage(data_root):
         assert 0 < s["p50"] <= s["p95"] <= s["p99"] <= s["max"]
         assert s["mean"] <= s["max"]
     assert 10 < figures["peak_rss_mb"] < 10_000
+    from edge.audio import read_wav  # the recording's own window count divides its cost
+    from edge.spec import DEFAULT_SPEC as S
+
+    frames = S.n_frames(len(read_wav(wav, S.sample_rate_hz)))
+    assert figures["recording_window_ms"]["windows"] == 1 + (
+        frames - S.frames_per_window) // S.window_hop_frames
 
 
 def test_bench_table_and_bad_arguments():

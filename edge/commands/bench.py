@@ -86,6 +86,9 @@ def _table(f: dict) -> str:
             f"{'stage (ms)':<26}{'mean':>9}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}"]
     stages = [("front end", f["front_end_ms"]), ("interpreter", f["interpreter_ms"]),
               ("whole window", f["window_ms"])]
+    if "recording_window_ms" in f:
+        stages.append((f"window in a recording ({f['recording_window_ms']['windows']})",
+                       f["recording_window_ms"]))
     if "float_baseline" in f:
         stages += [(f"float {k}", v) for k, v in f["float_baseline"].items()
                    if k.endswith("_ms")]
