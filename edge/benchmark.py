@@ -16,8 +16,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edge.mfcc import mfcc, windows
-
 PERCENTILES = (50, 95, 99)
 RECORDING_MIN_RUNS = 5
 
@@ -57,7 +55,7 @@ def bench_edge(screener, pcm: np.ndarray, runs: int = 200, warmup: int = 10) -> 
     clf = screener.classifier
 
     def front_end():
-        return windows(mfcc(audio, spec), spec)
+        return screener.feature_windows(audio)
 
     model_input = clf.quantise(front_end())[0]
     t0 = time.perf_counter()
@@ -81,11 +79,11 @@ def recording_window_ms(screener, pcm: np.ndarray, runs: int, warmup: int) -> di
     window count. Why: windows overlap (3 s long, 1 s apart), so a recording or a live
     stream computes each frame once, about a third of a window's frames per window; the
     "whole window" figure recomputes all of them and is the cold, worst case."""
-    spec, clf = screener.spec, screener.classifier
-    n_windows = len(windows(mfcc(pcm, spec), spec))
+    clf = screener.classifier
+    n_windows = len(screener.feature_windows(pcm))
 
     def recording():
-        return clf.predict(windows(mfcc(pcm, spec), spec)).probabilities
+        return clf.predict(screener.feature_windows(pcm)).probabilities
 
     whole = timings_ms(recording, max(runs // n_windows, RECORDING_MIN_RUNS), warmup)
     return {k: v / n_windows for k, v in whole.items()} | {"windows": n_windows}
