@@ -3,7 +3,9 @@
 Everything the model file says about itself comes from the run folder, never from
 defaults: the FeatureSpec the features were computed with, the class names and their
 order, the validation threshold, the training data summary. The calibration windows are
-the run's own (training split, every source and class). The result is read back through
+the run's own (training split, every source and class); on them, the systematic error the
+quantisation leaves in the class logits is measured and taken out of the logit bias
+(:mod:`convert.bias_correction`). The result is read back through
 the device's reader (:func:`edge.model_meta.read_model_meta`) before anyone writes it, so
 a model that the device would refuse is never produced.
 """
@@ -15,11 +17,16 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from convert.bias_correction import correct_logit_bias
+from convert.interpreter_runs import float_inputs, run_float
 from convert.metadata import add_metadata, build_document
 from convert.ops import check_tflm_ops
 from convert.quantize import check_representative, to_int8
 from convert.run_folder import RunFolder
 from edge.errors import ModelError, UsageError
+from edge.interpreter import Classifier
 from edge.model_meta import read_model_meta
 
 VERSION_HASH_CHARS = 12
@@ -49,14 +56,25 @@ def convert_run(run: RunFolder, version: str | None = None) -> bytes:
                          "model takes the front end's int16 features; train the run again")
     model = to_int8(str(run.model_path), rep, spec=run.spec, architecture=run.architecture)
     check_tflm_ops(model, f"{run.path.name} ({run.architecture})")
+    model, correction = correct_run_bias(run, model, rep)
     document = build_document(model, spec=run.spec, class_names=run.class_names,
                               threshold=run.threshold, normal_class=run.normal_class,
                               training=run.training_summary(),
                               version=version or default_version(run),
-                              architecture=run.architecture)
+                              architecture=run.architecture,
+                              bias_correction=correction)
     model = add_metadata(model, document)
     read_model_meta(model, spec=run.spec, name="converted model")  # the device's own check
     return model
+
+
+def correct_run_bias(run: RunFolder, model: bytes, rep) -> tuple[bytes, dict]:
+    """:func:`convert.bias_correction.correct_logit_bias` on the calibration windows, the
+    float model scored on the same inputs as training scored it."""
+    device = Classifier(model, backend="ai_edge_litert")
+    q = device.quantise(rep.astype(np.int16))
+    float_probs = run_float(run.model_path, float_inputs(run, rep, q, device))
+    return correct_logit_bias(model, q, float_probs)
 
 
 MODEL_MODE = 0o644

@@ -19,10 +19,15 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge.errors import ModelError
+
+if TYPE_CHECKING:
+    from convert.run_folder import RunFolder
+    from edge.interpreter import Classifier
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TFLITE_RUNTIME_PYTHON_ENV = "HEARTSOUND_TFLITE_RUNTIME_PYTHON"
@@ -65,6 +70,20 @@ def run_float(model_path: Path, windows: np.ndarray) -> np.ndarray:
         model = keras.saving.load_model(model_path, compile=False)
     x = windows.astype(np.float32)
     return np.asarray(model.predict(x, batch_size=FLOAT_BATCH, verbose=0), dtype=np.float64)
+
+
+def float_inputs(run: RunFolder, windows: np.ndarray, q: np.ndarray,
+                 device: Classifier) -> np.ndarray:
+    """What the float model is scored on: the features as training scored it.
+
+    A run trained on the int8 input grid (``int8_inputs``, train.trainer.InputGrid) was
+    selected and thresholded on grid-snapped features, and that grid is the converted
+    model's input quantisation; scoring its float model on raw features would compare
+    int8 with a model nobody measured (it moved val MAcc by 1.5 points here).
+    """
+    if run.metrics.get("config", {}).get("int8_inputs"):
+        return device.input_quant.dequantise(q).astype(np.float32)
+    return windows.astype(np.float32)
 
 
 def _child_env() -> dict[str, str]:

@@ -44,8 +44,11 @@ _HEADER = 8  # root uoffset + file identifier
 def build_document(model: bytes, *, spec: FeatureSpec, class_names: list[str] | tuple[str, ...],
                    threshold: float, normal_class: str | None = "normal",
                    training: dict | None = None, version: str = "",
-                   architecture: str = "") -> dict:
-    """The JSON document for ``model``; quantisation is read from the model itself."""
+                   architecture: str = "", bias_correction: dict | None = None) -> dict:
+    """The JSON document for ``model``; quantisation is read from the model itself.
+
+    ``bias_correction`` is the report of :mod:`convert.bias_correction`, kept so a model
+    says how its int8 logits were adjusted."""
     parsed = parse_tflite(model, "converted model")
     inp, out = parsed.input_tensors[0], parsed.output_tensors[0]
     classes = [str(c) for c in class_names]
@@ -69,6 +72,7 @@ def build_document(model: bytes, *, spec: FeatureSpec, class_names: list[str] | 
         "input": inp.quant(),
         "output": out.quant(),
         "training": training or {},
+        "bias_correction": bias_correction or {"applied": False},
     }
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from convert.eval_set import SPLITS, EvalSet, load_eval_set
 from convert.interpreter_runs import (
+    float_inputs,
     run_float,
     run_tflite_runtime,
     run_tflm_isolated,
@@ -120,20 +121,6 @@ def run_all(model_path: Path, run: RunFolder, evals: EvalSet,
     probs = {k: device.output_quant.dequantise(v).astype(np.float64) for k, v in int8.items()}
     return Outputs(run_float(run.model_path, float_inputs(run, evals.windows, q, device)),
                    int8, probs, runtime_label)
-
-
-def float_inputs(run: RunFolder, windows: np.ndarray, q: np.ndarray,
-                 device: Classifier) -> np.ndarray:
-    """What the float model is scored on: the features as training scored it.
-
-    A run trained on the int8 input grid (``int8_inputs``, train.trainer.InputGrid) was
-    selected and thresholded on grid-snapped features, and that grid is the converted
-    model's input quantisation; scoring its float model on raw features would compare
-    int8 with a model nobody measured (it moved val MAcc by 1.5 points here).
-    """
-    if run.metrics.get("config", {}).get("int8_inputs"):
-        return device.input_quant.dequantise(q).astype(np.float32)
-    return windows.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------- figures

@@ -16,6 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from convert.bias_correction import (
+    correct_logit_bias,
+    find_logit_op,
+    logit_error,
+    shift_bias,
+)
 from convert.metadata import add_metadata, build_document
 from convert.ops import (
     TFLM_INT8_OPS,
@@ -146,6 +152,64 @@ def test_int8_scores_track_the_float_model(name, converted, keras_models, real_w
     int8 = dequantise_outputs(converted[name], run_tflm(converted[name], x))
     float_scores = keras_models[name].predict(real_windows, verbose=0)
     assert np.abs(int8 - float_scores).max() < 0.05
+
+
+# ---- bias correction -----------------------------------------------------------------------
+
+def _float_probs(keras_model, model: bytes, x: np.ndarray) -> np.ndarray:
+    """The float model on the int8 inputs' own values, as a run trained on the grid."""
+    inp = parse_tflite(model).input_tensors[0]
+    deq = (x.astype(np.float32) - inp.zero_point[0]) * inp.scale[0]
+    return keras_model.predict(deq, verbose=0)
+
+
+WITH_LOGIT_BIAS = ("cnn",)
+"""The untrained RNN's and CRNN's dense biases are all zeros, which the converter drops."""
+
+
+@names
+def test_logit_bias_is_found_behind_softmax(name, converted):
+    op = find_logit_op(converted[name])
+    assert op is not None and op.logits.shape[-1] == len(CLASSES)
+    if name in WITH_LOGIT_BIAS:
+        assert op.bias.dtype == "int32" and op.bias.shape == (len(CLASSES),)
+    else:
+        assert op.bias is None
+        model, report = correct_logit_bias(converted[name], np.zeros((1, 74, 13), np.int8),
+                                           np.full((1, 2), 0.5))
+        assert model == converted[name] and not report["applied"]
+
+
+@pytest.mark.parametrize("name", WITH_LOGIT_BIAS)
+def test_bias_correction_takes_out_a_known_logit_shift(name, converted, keras_models,
+                                                       real_windows):
+    model = converted[name]
+    op = find_logit_op(model)
+    x = quantise_windows(model, real_windows)
+    probs = _float_probs(keras_models[name], model, x)
+    shifted = shift_bias(model, op.bias, np.array([0.4, -0.4]))  # a 0.8 logit error
+    corrected, report = correct_logit_bias(shifted, x, probs)
+    assert report["applied"] and np.isclose(np.diff(report["logit_error_before"]), -0.8,
+                                            atol=0.1).all()
+    after = logit_error(corrected, op, x, probs)
+    lsb = op.logits.scale[0]
+    assert np.abs(after).max() < 0.1 * lsb
+    assert np.abs(after).max() <= np.abs(logit_error(model, op, x, probs)).max() + 1e-9
+
+
+def test_bias_correction_rewrites_only_the_bias_and_keeps_tflm_parity(converted,
+                                                                       keras_models,
+                                                                       real_windows):
+    model = converted["cnn"]
+    op = find_logit_op(model)
+    x = quantise_windows(model, real_windows)
+    corrected, _ = correct_logit_bias(shift_bias(model, op.bias, np.array([0.3, -0.3])), x,
+                                      _float_probs(keras_models["cnn"], model, x))
+    changed = np.flatnonzero(np.frombuffer(model, np.uint8) != np.frombuffer(corrected,
+                                                                              np.uint8))
+    assert len(corrected) == len(model) and 0 < changed.size <= 4 * len(CLASSES)
+    assert changed.max() - changed.min() < 4 * len(CLASSES)
+    np.testing.assert_array_equal(run_tflm(corrected, x), run_litert(corrected, x))
 
 
 def test_representative_windows_cover_every_class():
