@@ -158,7 +158,8 @@ def decision_figures(out: Outputs, evals: EvalSet, threshold: float, normal: int
         idx = np.flatnonzero(decided[a] != decided[b])
         return {"recordings": len(evals), "differ": int(idx.size),
                 "names": [evals.names[i] for i in idx],
-                "max_score_diff": float(np.max(np.abs(scores[a] - scores[b]), initial=0.0))}
+                "max_score_diff": float(np.max(np.abs(scores[a] - scores[b]), initial=0.0)),
+                "mean_score_diff": float(np.mean(scores[b] - scores[a]))}
 
     return {"int8_litert_vs_tflm": differ("device", "tflm"),
             "int8_optimised_vs_tflm": differ("optimised", "tflm"),
@@ -303,6 +304,7 @@ def verify(model_path: str | Path, run: RunFolder, *, data: Sequence[Path] | Non
         "float_reproduces_training_metrics": reproduces_training(metrics, run),
         "recordings": recording_rows(out, evals, normal, meta.class_names),
         "size": size,
+        "bias_correction": meta.document.get("bias_correction"),
     }
     report["requirements"] = requirements(report, max_macc_diff)
     failed = [r for r in report["requirements"] if not r["ok"]]
@@ -354,7 +356,13 @@ def render(report: dict) -> str:
         dec = report["decisions"][key]
         if dec is not None:
             rows.append(f"  {label:<38}{dec['differ']:>4} of {dec['recordings']} differ, "
-                        f"max score diff {dec['max_score_diff']:.4f}")
+                        f"max score diff {dec['max_score_diff']:.4f}, mean "
+                        f"{dec['mean_score_diff']:+.4f}")
+    correction = report.get("bias_correction") or {}
+    if correction.get("applied"):
+        rows.append("  int8 logit bias corrected at conversion: mean error per class "
+                    + ", ".join(f"{b:+.4f}" for b in correction["logit_error_before"])
+                    + f" on {correction['windows']} calibration windows")
     rows += ["", _metrics_header()]
     for split, runs in report["metrics"].items():
         for group in runs["float"]:
