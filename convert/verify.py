@@ -7,8 +7,9 @@ validation and test recordings (never random inputs):
    outputs equal the device's LiteRT path (reference kernels) on every window (both are
    TFLite's reference integer arithmetic). Recurrent models: TFLite Micro's integer LSTM
    rounds differently (../shared/docs/TOOLCHAIN_FACTS.md), so the share of identical
-   windows is reported and the requirement is a largest difference of 1 LSB. For every model the recording decisions of the device's
-   LiteRT path and of TFLite Micro must be equal.
+   windows is reported and the requirement is a largest difference of 1 LSB. For every
+   model the recording decisions of the device's LiteRT path and of TFLite Micro must be
+   equal.
 2. **Quantisation costs (almost) nothing clinically.** Recording-level MAcc of the int8
    model (the device's own path: :class:`edge.interpreter.Classifier`, LiteRT reference
    kernels) within ``max_macc_diff`` (1 point) of the float Keras model, on validation and
