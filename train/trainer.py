@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from convert.quantize import DEFAULT_REPRESENTATIVE
 from convert.quantize import representative_windows as draw_representative
 from edge.errors import DataError
 from edge.spec import FeatureSpec
@@ -52,7 +53,6 @@ DEFAULT_PATIENCE = 8
 MAX_WINDOWS_PER_RECORDING = 8
 """Windows drawn per recording per epoch. Validation MAcc of the CNN (same split, seed 0):
 4 -> 0.675, 8 -> 0.759, 16 -> 0.755; 8 doubles an epoch's data for the same cap ratio."""
-REPRESENTATIVE_WINDOWS = 300
 PREDICT_BATCH = 512
 INT8_MIN, INT8_MAX, INT8_LEVELS = -128, 127, 255
 LR_FLOOR = 0.05
@@ -417,7 +417,7 @@ def train_and_evaluate(
         check_classes(name, rec, classes)
     train = augmented_train(parts["train"], splits["train"], label_set, spec, cache, config)
     rep_win = cut_windows(parts["train"], spec)
-    representative = representative_windows(rep_win, parts["train"], REPRESENTATIVE_WINDOWS,
+    representative = representative_windows(rep_win, parts["train"], DEFAULT_REPRESENTATIVE,
                                             config.seed)
     grid = InputGrid.from_windows(representative) if config.int8_inputs else None
     model = build()
