@@ -96,6 +96,16 @@ def test_printed_sizes_ops_and_macs_are_the_models(converted):
     assert re.search(r"TFLite Micro int8\s+PASS", printed)
 
 
+def test_logit_bias_is_corrected_on_the_runs_calibration_windows(converted, run):
+    model, printed = converted
+    c = read_model_meta(model.read_bytes()).document["bias_correction"]
+    assert c["applied"] and c["windows"] == len(np.load(run / "representative.npy"))
+    before, after = np.abs(c["logit_error_before"]), np.abs(c["logit_error_after"])
+    assert after.max() < 0.01 and after.max() <= before.max()
+    assert f"{c['logit_error_before'][0]:+.4f}" in re.search(r"int8 logit bias\s+(.+)",
+                                                           printed).group(1)
+
+
 def test_printed_arena_is_the_smallest_that_runs(converted):
     """The arena figure is measured: it allocates and runs, 16 bytes less does not."""
     model, printed = converted

@@ -27,6 +27,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the TFLite Micro arena search (about 10 s)")
 
 
+def _bias_line(model: bytes) -> str:
+    from edge.model_meta import read_model_meta
+
+    c = read_model_meta(model).document.get("bias_correction") or {}
+    if not c.get("applied"):
+        return f"{'int8 logit bias':<22}not corrected ({c.get('reason', 'no report')})"
+    fmt = ", ".join
+    return (f"{'int8 logit bias':<22}corrected: int8 - float logit error per class "
+            f"{fmt(f'{e:+.4f}' for e in c['logit_error_before'])} -> "
+            f"{fmt(f'{e:+.4f}' for e in c['logit_error_after'])} "
+            f"on {c['windows']} calibration windows")
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -46,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
           f"threshold {run_folder.threshold:.4f}")
     for line in report.lines():
         print(f"  {line}")
+    print(f"  {_bias_line(model)}")
     print(f"done in {time.perf_counter() - start:.0f} s; next: heartsound verify {out} "
           f"--run {run_folder.path}")
     if not report.ok:
