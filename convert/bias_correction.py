@@ -148,3 +148,17 @@ def correct_logit_bias(model: bytes, inputs: np.ndarray, float_probs: np.ndarray
                        "windows": int(len(inputs)),
                        "logit_error_before": before.tolist(),
                        "logit_error_after": after.tolist()}
+
+
+def summary(report: dict) -> str:
+    """One line for `convert` and `verify`: the error taken out, and what is left."""
+    if not report.get("applied"):
+        return f"not corrected ({report.get('reason', 'no report')})"
+
+    def per_class(errors: list[float]) -> str:
+        return ", ".join(f"{e:+.4f}" for e in errors)
+
+    return (f"corrected: int8 - float logit error per class "
+            f"{per_class(report['logit_error_before'])} -> "
+            f"{per_class(report['logit_error_after'])} on {report['windows']} "
+            "calibration windows")

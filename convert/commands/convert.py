@@ -28,16 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _bias_line(model: bytes) -> str:
+    from convert.bias_correction import summary
     from edge.model_meta import read_model_meta
 
-    c = read_model_meta(model).document.get("bias_correction") or {}
-    if not c.get("applied"):
-        return f"{'int8 logit bias':<22}not corrected ({c.get('reason', 'no report')})"
-    fmt = ", ".join
-    return (f"{'int8 logit bias':<22}corrected: int8 - float logit error per class "
-            f"{fmt(f'{e:+.4f}' for e in c['logit_error_before'])} -> "
-            f"{fmt(f'{e:+.4f}' for e in c['logit_error_after'])} "
-            f"on {c['windows']} calibration windows")
+    report = read_model_meta(model).document.get("bias_correction") or {}
+    return f"{'int8 logit bias':<22}{summary(report)}"
 
 
 def run(args: argparse.Namespace) -> int:
