@@ -32,6 +32,7 @@ class EvalSet:
     sources: tuple[str, ...]
     datasets: tuple[str, ...]
     splits: tuple[str, ...]
+    groups: tuple[str, ...]  # patient (or session, or file) of each recording
     y: np.ndarray  # class index per recording
     windows: np.ndarray  # (n_windows, frames, ceps) int16
     recording: np.ndarray  # recording index of each window
@@ -87,6 +88,7 @@ def load_eval_set(run: RunFolder, data: Sequence[Path] | None = None,
         sources=tuple(r.source for r in chosen),
         datasets=tuple(r.dataset for r in chosen),
         splits=tuple(split_of),
+        groups=tuple(r.group for r in chosen),
         y=np.array([label_set.index(r) for r in chosen], dtype=np.int64),
         windows=np.concatenate(wins),
         recording=np.concatenate([np.full(len(w), i) for i, w in enumerate(wins)]),

@@ -197,7 +197,8 @@ def metric_figures(out: Outputs, evals: EvalSet, threshold: float,
         for name, window_probs in runs.items():
             rec = _rec_probs(window_probs, evals)[mask]
             groups = evaluate_groups(evals.y[mask], rec, np.asarray(evals.sources)[mask],
-                                     threshold, list(classes))
+                                     threshold, list(classes),
+                                     groups=np.asarray(evals.groups)[mask])
             figures[split][name] = _with_datasets(groups, evals, mask, rec, threshold, classes)
     return figures
 
@@ -208,7 +209,8 @@ def _with_datasets(groups: dict, evals: EvalSet, mask: np.ndarray, rec: np.ndarr
     datasets = np.asarray(evals.datasets)[mask]
     if len(set(datasets.tolist())) < 2:
         return groups
-    extra = evaluate_groups(evals.y[mask], rec, datasets, threshold, list(classes))
+    extra = evaluate_groups(evals.y[mask], rec, datasets, threshold, list(classes),
+                            groups=np.asarray(evals.groups)[mask])
     extra.pop("overall")
     overall = groups.pop("overall")
     return groups | extra | {"overall": overall}

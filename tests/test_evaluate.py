@@ -109,3 +109,65 @@ def test_evaluate_groups_per_source_and_overall():
     assert (res["b"]["se"], res["b"]["sp"]) == (0.5, 0.0)
     assert res["overall"]["confusion"] == [[1, 1], [1, 2]]
     assert meets(res["a"], 0.8, 0.85) and not meets(res["b"], 0.2, 0.85)
+
+
+def _scored(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.4
+    return y, rng.random(n) + 0.6 * y
+
+
+def test_weighted_auc_with_unit_weights_is_the_auc():
+    from train.evaluate import _weighted_auc
+
+    y, s = _scored(50, 0)
+    s = np.round(s, 1)  # ties
+    weights = np.ones((3, len(y)))
+    assert _weighted_auc(y, s, weights) == pytest.approx([roc_auc(y, s)] * 3)
+    # weight 2 on one recording = that recording listed twice
+    w = np.ones(len(y))
+    w[0] = 2
+    twice = np.concatenate([[0], np.arange(len(y))])
+    assert _weighted_auc(y, s, w[None])[0] == pytest.approx(roc_auc(y[twice], s[twice]))
+
+
+def test_bootstrap_interval_holds_the_figure_and_narrows_with_more_patients():
+    from train.evaluate import bootstrap_ci
+
+    y, s = _scored(400, 1)
+    few = bootstrap_ci(y[:40], s[:40], 0.8, [str(i) for i in range(40)])
+    many = bootstrap_ci(y, s, 0.8, [str(i) for i in range(400)])
+    point = binary_metrics(y, s, 0.8)
+    for key in ("se", "sp", "macc", "auc"):
+        lo, hi = many[key]
+        assert lo <= point[key] <= hi
+        assert hi - lo < few[key][1] - few[key][0]
+    assert bootstrap_ci(y, s, 0.8, [str(i) for i in range(400)]) == many  # seeded
+
+
+def test_bootstrap_resamples_patients_not_recordings():
+    from train.evaluate import bootstrap_ci
+
+    y, s = _scored(60, 2)
+    per_patient = bootstrap_ci(y, s, 0.6, [str(i) for i in range(60)])
+    # each patient recorded 4 times with the same result: the evidence is still 60
+    # patients, so the patient-level interval is exactly the one above ...
+    y4, s4, g4 = np.repeat(y, 4), np.repeat(s, 4), np.repeat([str(i) for i in range(60)], 4)
+    assert bootstrap_ci(y4, s4, 0.6, g4) == per_patient
+    # ... while treating the 240 recordings as independent would claim more certainty
+    naive = bootstrap_ci(y4, s4, 0.6, [str(i) for i in range(240)])
+    assert naive["macc"][1] - naive["macc"][0] < per_patient["macc"][1] - per_patient["macc"][0]
+
+
+def test_bootstrap_one_class_has_no_interval_and_groups_reach_evaluate_groups():
+    from train.evaluate import bootstrap_ci
+
+    assert bootstrap_ci(np.zeros(5), np.arange(5.0), 0.5, list("abcde")) == {
+        "se": None, "sp": None, "macc": None, "auc": None}
+    y, s = _scored(30, 3)
+    probs = np.stack([1 - s / 2, s / 2], axis=1)
+    res = evaluate_groups(y.astype(int), probs, ["x"] * 30, 0.3, ["normal", "abnormal"],
+                          groups=[str(i) for i in range(30)])
+    assert set(res["x"]["ci95"]) == {"se", "sp", "macc", "auc"}
+    assert "ci95" not in evaluate_groups(y.astype(int), probs, ["x"] * 30, 0.3,
+                                         ["normal", "abnormal"])["x"]

@@ -120,3 +120,23 @@ def test_force_refuses_to_delete_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert code == 2 and "holds no heartsound run" in capsys.readouterr().err
     assert (precious / "notes.txt").read_text() == "keep me"
     shutil.rmtree(precious)
+
+
+@pytest.mark.slow
+def test_test_figures_carry_patient_bootstrap_intervals(small_run):
+    out, _ = small_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    results = list(metrics["test"]["recording"].values())
+    results += [res["test"][name] for name, res in metrics["lodo"].items()]
+    for m in results:
+        ci = m["ci95"]
+        for key in ("se", "sp", "macc", "auc"):
+            if m[key] is None:
+                assert ci[key] is None
+            else:
+                assert ci[key][0] - 1e-9 <= m[key] <= ci[key][1] + 1e-9, (key, m, ci)
+    assert "ci95" not in metrics["test"]["window"]["overall"]  # windows are not independent
+    figures = metrics["targets"]["figures"]
+    assert set(figures) == set(metrics["targets"]["checks"])
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "patient-level bootstrap" in card and "95 % CI" in card

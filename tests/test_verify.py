@@ -158,6 +158,12 @@ def test_float_model_reproduces_the_runs_own_test_figures(verified, run):
     recorded = json.loads((run / "metrics.json").read_text())["test"]["recording"]["overall"]
     assert report["metrics"]["test"]["float"]["overall"]["n"] == recorded["n"]
     assert report["float_reproduces_training_metrics"] is (recorded["auc"] is not None)
+    # the same patients resampled the same way: the same AUC interval as training's
+    if recorded["auc"] is not None:
+        assert report["metrics"]["test"]["float"]["overall"]["ci95"]["auc"] == pytest.approx(
+            recorded["ci95"]["auc"], abs=1e-3)
+    assert set(report["metrics"]["test"]["int8"]["overall"]["ci95"]) == {"se", "sp", "macc",
+                                                                         "auc"}
 
 
 def test_tflite_runtime_is_compared_when_installed(verified):

@@ -9,6 +9,10 @@ as a screening tool must: among the thresholds that keep validation sensitivity 
 above ``min_se``, the one with the best MAcc (ties: the lower threshold). The test split
 never influences it. ``Se at Sp >= 0.75`` is reported from the test ROC as a
 threshold-free view of the same trade-off.
+
+Test splits here are small (8 to 74 recordings per source), so every test figure also
+carries a 95 % interval from a patient-level bootstrap (:func:`bootstrap_ci`): a target
+missed or met by less than that interval's half-width is not a finding.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ import numpy as np
 DEFAULT_MIN_SE = 0.9
 REPORT_MIN_SP = 0.75
 THRESHOLD_FLOOR = 0.0
+CI_DRAWS = 2000
+"""Bootstrap resamples: the 2.5/97.5 % percentiles move by under 0.01 between seeds."""
+CI_LEVEL = 0.95
+CI_SEED = 0
 
 
 def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
@@ -104,6 +112,65 @@ def choose_threshold(y_true: np.ndarray, scores: np.ndarray,
     return float((thresholds[best] + below) / 2)
 
 
+def bootstrap_ci(y_true: np.ndarray, scores: np.ndarray, threshold: float,
+                 groups: Sequence[str], draws: int = CI_DRAWS, seed: int = CI_SEED
+                 ) -> dict[str, list[float] | None]:
+    """95 % percentile intervals of Se, Sp, MAcc and AUC, resampling *groups* (patients).
+
+    Why groups: recordings of one patient are not independent, and resampling them one by
+    one would draw intervals too narrow for what a new patient population would show.
+    Why a fixed threshold: it was chosen on validation, so the interval describes the test
+    sample only, as the point figures do. A figure undefined on the subset (one class
+    absent) has no interval (None); resamples that lose a class are left out of that
+    figure's interval.
+    """
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    ids = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    n_groups = int(ids.max()) + 1 if ids.size else 0
+    if not y.any() or y.all():
+        return {"se": None, "sp": None, "macc": None, "auc": None}
+    weights = _group_draws(n_groups, draws, seed)[:, ids]  # (draws, recordings)
+    pred = s >= threshold
+    pos, neg = weights[:, y].sum(axis=1), weights[:, ~y].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = weights[:, y & pred].sum(axis=1) / pos
+        sp = weights[:, ~y & ~pred].sum(axis=1) / neg
+    figures = {"se": se, "sp": sp, "macc": (se + sp) / 2, "auc": _weighted_auc(y, s, weights)}
+    return {k: _interval(v) for k, v in figures.items()}
+
+
+def _group_draws(n_groups: int, draws: int, seed: int) -> np.ndarray:
+    """(draws, n_groups) counts: how often each group appears in each resample."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n_groups, size=(draws, n_groups))
+    counts = np.zeros((draws, n_groups))
+    np.add.at(counts, (np.arange(draws)[:, None], picks), 1.0)
+    return counts
+
+
+def _weighted_auc(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUC of every resample at once: Mann-Whitney with recording weights, ties one half."""
+    levels, level = np.unique(s, return_inverse=True)
+    level = level.reshape(-1)
+    pos_w = np.zeros((len(weights), len(levels)))
+    neg_w = np.zeros_like(pos_w)
+    np.add.at(pos_w.T, level[y], weights[:, y].T)
+    np.add.at(neg_w.T, level[~y], weights[:, ~y].T)
+    neg_below = np.cumsum(neg_w, axis=1) - neg_w
+    wins = (pos_w * (neg_below + 0.5 * neg_w)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return wins / (pos_w.sum(axis=1) * neg_w.sum(axis=1))
+
+
+def _interval(values: np.ndarray) -> list[float] | None:
+    ok = values[np.isfinite(values)]
+    if ok.size == 0:
+        return None
+    tail = 100 * (1 - CI_LEVEL) / 2
+    return [float(np.percentile(ok, tail)), float(np.percentile(ok, 100 - tail))]
+
+
 def recording_scores(window_probs: np.ndarray, recording_index: np.ndarray,
                      n_recordings: int) -> np.ndarray:
     """Mean window probability per recording: (n_windows, k) -> (n_recordings, k)."""
@@ -151,21 +218,28 @@ def evaluate_groups(
     sources: Sequence[str],
     threshold: float,
     classes: Sequence[str],
+    groups: Sequence[str] | None = None,
 ) -> dict:
-    """Screening metrics per source and overall (plus class metrics with > 2 classes)."""
+    """Screening metrics per source and overall (plus class metrics with > 2 classes);
+    with ``groups`` (patient of each recording), each subset also gets ``ci95``."""
     y_class = np.asarray(y_class)
     src = np.asarray(sources)
     out: dict[str, dict] = {}
     for name in [*sorted(set(src.tolist())), "overall"]:
         mask = np.ones(len(src), bool) if name == "overall" else src == name
-        out[name] = _evaluate_mask(y_class[mask], probs[mask], threshold, classes)
+        subset_groups = None if groups is None else np.asarray(groups)[mask]
+        out[name] = _evaluate_mask(y_class[mask], probs[mask], threshold, classes,
+                                   subset_groups)
     return out
 
 
 def _evaluate_mask(y_class: np.ndarray, probs: np.ndarray, threshold: float,
-                   classes: Sequence[str]) -> dict:
+                   classes: Sequence[str], groups: np.ndarray | None = None) -> dict:
     y_abn = y_class != classes.index("normal")
-    result = binary_metrics(y_abn, screening_score(probs, classes.index("normal")), threshold)
+    score = screening_score(probs, classes.index("normal"))
+    result = binary_metrics(y_abn, score, threshold)
+    if groups is not None:
+        result["ci95"] = bootstrap_ci(y_abn, score, threshold, groups)
     if len(classes) > 2:
         result["classes"] = class_metrics(y_class, probs, classes)
     return result

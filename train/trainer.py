@@ -438,7 +438,7 @@ def train_and_evaluate(
         val=evaluate_groups(parts["val"].y, val_probs, parts["val"].sources, threshold,
                             classes),
         test=evaluate_groups(parts["test"].y, test_probs, parts["test"].sources, threshold,
-                             classes),
+                             classes, groups=[r.group for r in parts["test"].records]),
         test_windows=evaluate_groups(
             test_win.y, test_wprobs,
             [parts["test"].records[i].source for i in test_win.recording], threshold, classes),
