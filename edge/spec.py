@@ -28,8 +28,8 @@ source, 55 for PhysioNet d; ``python3 bench/bench_frontend.py --spectra`` reprod
   0.808 / 0.719 (seed 1: 0.845 / 0.788 / 0.667, so seeds alone move AUC by 0.03-0.05);
   hop 40 (20 ms) 0.877 / 0.811 / 0.631; 20 cepstra 0.858 / 0.777 / 0.605; hop 40 and 20
   cepstra 0.880 / 0.781 / 0.619; 5 s windows 0.849 / 0.804 / 0.655. Each enlarges the
-  input (x1.5 to x3.1) for no gain above the seed noise. Reproduce with ``heartsound
-  train --sweep FILE`` and ``spec:`` fields in the sweep file.
+  input (x1.5 to x3.1) for no gain above the seed noise. Reproduce one with, e.g.,
+  ``heartsound train --spec hop_length=40``, or all with ``--sweep FILE`` (``spec:``).
 * **Pre-emphasis 0.95.** Heart-sound spectra fall steeply (above); 0.95 lifts 800 Hz by
   about 26 dB relative to 25 Hz, which keeps the Hann window's leakage from the loud low
   bins out of the murmur bands and leaves the weak high bands more fixed-point headroom.

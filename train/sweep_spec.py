@@ -40,7 +40,8 @@ MAX_SPEC_CHECKS = 10000
 SWEEPABLE_SPEC_FIELDS = ("n_mels", "n_ceps", "f_min_hz", "f_max_hz", "frame_length",
                          "hop_length", "n_fft", "preemph_q15", "window_s", "window_hop_s",
                          "normalise")
-"""FeatureSpec fields a sweep may vary (the module docstring says why not the others)."""
+"""FeatureSpec fields a sweep may vary and ``heartsound train --spec`` may set (the module
+docstring says why not the others)."""
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
 TOP_KEYS = ("search", "num_samples", "metric", "split_seed", "search_seed",
@@ -310,16 +311,22 @@ def _check_train_value(name: str, param: TrainParam, v, label: str) -> None:
                          f"({param.help})")
 
 
-def _spec_axis(name: str, value, where: str) -> Axis:
+def check_spec_field(name: str, label: str) -> None:
+    """Refuse (UsageError, one line starting with ``label``) a name that is not a FeatureSpec
+    field a training run may set: the sweep and ``heartsound train --spec`` share this."""
     names = [f.name for f in fields(FeatureSpec)]
-    label = f"{where}: params.spec.{name}"
     if name not in names:
-        raise UsageError(f"{label}: FeatureSpec has no field {name!r}; sweepable: "
+        raise UsageError(f"{label}: FeatureSpec has no field {name!r}; a run may set: "
                          f"{', '.join(SWEEPABLE_SPEC_FIELDS)}")
     if name not in SWEEPABLE_SPEC_FIELDS:
-        raise UsageError(f"{label}: the front end's {name} cannot be swept (fixed-point "
-                         "format, contract or data rate); sweepable: "
+        raise UsageError(f"{label}: the front end's {name} is fixed (fixed-point format, "
+                         "contract or data rate); a run may set: "
                          f"{', '.join(SWEEPABLE_SPEC_FIELDS)}")
+
+
+def _spec_axis(name: str, value, where: str) -> Axis:
+    label = f"{where}: params.spec.{name}"
+    check_spec_field(name, label)
     if isinstance(value, dict):
         raise UsageError(f"{label}: list the values (front-end numbers are not drawn from "
                          "ranges: every combination is checked before the sweep starts)")
@@ -334,12 +341,7 @@ def check_spec_combinations(spec: tuple[Axis, ...], where: str) -> int:
     combos = itertools.islice(itertools.product(*(a.values for a in spec)), MAX_SPEC_CHECKS)
     count = 0
     for combo in combos:
-        values = dict(zip(names, combo, strict=True))
-        try:
-            feature_spec(values)
-        except HeartsoundError as exc:
-            shown = ", ".join(f"{k}={v}" for k, v in values.items())
-            raise type(exc)(f"{where}: params.spec {shown}: {exc}") from None
+        checked_feature_spec(dict(zip(names, combo, strict=True)), f"{where}: params.spec")
         count += 1
     return count
 
@@ -347,3 +349,13 @@ def check_spec_combinations(spec: tuple[Axis, ...], where: str) -> int:
 def feature_spec(values: Mapping[str, object]) -> FeatureSpec:
     """The default spec with ``values`` replaced, coerced and validated (SpecError if not)."""
     return FeatureSpec.from_dict({**DEFAULT_SPEC.to_dict(), **dict(values)})
+
+
+def checked_feature_spec(values: Mapping[str, object], where: str) -> FeatureSpec:
+    """:func:`feature_spec`, its error (same class) prefixed with ``where`` and the values,
+    so a person sees which of their numbers the front end refused."""
+    try:
+        return feature_spec(values)
+    except HeartsoundError as exc:
+        shown = ", ".join(f"{k}={v}" for k, v in values.items())
+        raise type(exc)(f"{where} {shown}: {exc}") from None

@@ -19,8 +19,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from train.commands.data import add_data_option
+
+if TYPE_CHECKING:
+    from edge.spec import FeatureSpec
 
 DEFAULT_ARCH = "cnn"
 DEFAULT_RUNS = Path("runs")
@@ -66,7 +70,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2,
                         help="processes for feature extraction (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_spec_option(parser)
     add_sweep_options(parser)
+
+
+def add_spec_option(parser: argparse.ArgumentParser) -> None:
+    """--spec KEY=VALUE: one run on another front end, without writing a sweep file."""
+    from train.sweep_spec import SWEEPABLE_SPEC_FIELDS
+
+    parser.add_argument("--spec", action="append", default=None, metavar="KEY=VALUE",
+                        help="set one FeatureSpec field (edge/spec.py) of this run's front "
+                        "end; repeat for more. KEY: " + ", ".join(SWEEPABLE_SPEC_FIELDS)
+                        + "; VALUE: a number (normalise: none, c0 or cmn). The fixed-point "
+                        "formats (*_q, out_frac_bits, log2_floor), version, window and "
+                        "sample_rate_hz cannot be changed. Checked before anything loads, "
+                        "like a sweep's spec; spec.json records the front end used. "
+                        "Example: --spec hop_length=40 --spec n_ceps=20")
 
 
 def add_sweep_options(parser: argparse.ArgumentParser) -> None:
@@ -123,9 +142,70 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--workers {args.workers}: need at least 1")
 
 
+def spec_of_items(items: list[str] | None) -> FeatureSpec:
+    """The run's FeatureSpec: DEFAULT_SPEC with each ``KEY=VALUE`` of ``--spec`` applied.
+
+    Names and numbers are checked by the sweep's own code (train/sweep_spec.py), so a single
+    run and a sweep accept exactly the same front ends and refuse them with the same words;
+    only turning the command-line text into the field's type happens here.
+    """
+    from edge.errors import UsageError
+    from edge.spec import DEFAULT_SPEC
+    from train.sweep_spec import checked_feature_spec
+
+    if not items:
+        return DEFAULT_SPEC
+    values: dict[str, object] = {}
+    for item in items:
+        name, value = _spec_item(item)
+        if name in values:
+            raise UsageError(f"--spec {item}: {name} is already set to {values[name]}; "
+                             "give each field once")
+        values[name] = value
+    return checked_feature_spec(values, "--spec")
+
+
+def _spec_item(item: str) -> tuple[str, object]:
+    """(field, value of the field's declared type) of one ``KEY=VALUE``; UsageError if not."""
+    from dataclasses import fields
+
+    from edge.errors import UsageError
+    from edge.spec import DEFAULT_SPEC, FeatureSpec
+    from train.sweep_spec import check_spec_field
+
+    name, sep, text = (part.strip() for part in item.partition("="))
+    if not sep or not name or not text:
+        raise UsageError(f"--spec {item!r}: expected KEY=VALUE, e.g. --spec hop_length=40")
+    check_spec_field(name, f"--spec {item}")
+    kind = {f.name: str(f.type) for f in fields(FeatureSpec)}[name]
+    default = getattr(DEFAULT_SPEC, name)
+    try:
+        return name, {"int": int, "float": float, "str": str}[kind](text)
+    except ValueError:
+        wanted = "a whole number" if kind == "int" else "a number"
+        raise UsageError(f"--spec {item}: {name} takes {wanted}, got {text!r}; e.g. "
+                         f"--spec {name}={default} (the default)") from None
+
+
+def _default_run_name(labels: str, arch: str, seed: int, spec: FeatureSpec) -> str:
+    """``<labels>-<arch>-seed<N>``, plus the spec's hash for another front end, so a
+    ``--spec`` run never collides with the default run's folder."""
+    from edge.spec import DEFAULT_SPEC
+    from train.features import spec_hash
+
+    name = f"{labels}-{arch}-seed{seed}"
+    return name if spec == DEFAULT_SPEC else f"{name}-spec{spec_hash(spec)[:8]}"
+
+
 def run(args: argparse.Namespace) -> int:
     if args.sweep is not None:
         from train.sweep_command import run_sweep_command
+
+        if args.spec:
+            from edge.errors import UsageError
+
+            raise UsageError(f"--spec is for a single run; with --sweep set the front end "
+                             f"under params.spec in {args.sweep}")
 
         return run_sweep_command(args)
     if args.ray is not None:
@@ -135,8 +215,8 @@ def run(args: argparse.Namespace) -> int:
                          "uses this machine")
     start = time.perf_counter()
     _check_args(args)
+    spec = spec_of_items(args.spec)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide harmless C++ op-registry chatter
-    from edge.spec import DEFAULT_SPEC
     from train.datasets import default_data_paths, get_label_set, load_records
     from train.features import default_cache_dir
     from train.models import get_architecture
@@ -146,17 +226,20 @@ def run(args: argparse.Namespace) -> int:
     label_set = get_label_set(args.labels)
     config = _config(args)
     data = list(args.data) if args.data else default_data_paths()
-    out = args.out or DEFAULT_RUNS / f"{label_set.name}-{arch.name}-seed{args.seed}"
+    out = args.out or DEFAULT_RUNS / _default_run_name(label_set.name, arch.name, args.seed, spec)
     request = RunRequest(
-        out=out, label_set=label_set, config=config, spec=DEFAULT_SPEC,
+        out=out, label_set=label_set, config=config, spec=spec,
         cache=None if args.no_cache else (args.cache or default_cache_dir()),
         data=data, limit=args.limit, lodo=args.lodo, force=args.force,
     )
     from train.pipeline import prepare_run_folder
 
     prepare_run_folder(out, args.force)  # refuse before loading anything heavy
+    if args.spec:
+        print(f"front end: {', '.join(args.spec)} ({spec.frames_per_window} frames x "
+              f"{spec.n_ceps} cepstra per window)")
     records = load_records(data)
-    build, describe = model_factory(arch.name, DEFAULT_SPEC, label_set, config)
+    build, describe = model_factory(arch.name, spec, label_set, config)
     metrics = run_training(request, records, build, describe, print)
     _print_summary(metrics, out, time.perf_counter() - start)
     return 0
@@ -169,17 +252,19 @@ def _fmt(value) -> str:
 def _print_summary(metrics: dict, out: Path, seconds: float) -> None:
     print(f"\nrun folder: {out}   threshold {metrics['threshold']:.4f} "
           f"(validation, Se >= {metrics['config']['min_se']})")
-    print("test, per recording:      n   abn    Se     Sp   MAcc    AUC  Se@Sp75")
-    for name, m in metrics["test"]["recording"].items():
+    print("test, per recording:      n   abn    Se     Sp   MAcc    AUC  Se@Sp75  MAcc 95 % CI")
+    rows = dict(metrics["test"]["recording"])
+    rows |= {f"LODO {k}": res["test"][k] for k, res in metrics["lodo"].items()}
+    for name, m in rows.items():
+        ci = (m.get("ci95") or {}).get("macc")
+        shown = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "n/a"
         print(f"  {name:<20} {m['n']:>5} {m['n_abnormal']:>5} {_fmt(m['se'])} {_fmt(m['sp'])} "
-              f"{_fmt(m['macc'])} {_fmt(m['auc'])} {_fmt(m['se_at_sp75'])}")
-    for name, res in metrics["lodo"].items():
-        m = res["test"][name]
-        print(f"  LODO {name:<15} {m['n']:>5} {m['n_abnormal']:>5} {_fmt(m['se'])} "
-              f"{_fmt(m['sp'])} {_fmt(m['macc'])} {_fmt(m['auc'])} {_fmt(m['se_at_sp75'])}")
+              f"{_fmt(m['macc'])} {_fmt(m['auc'])} {_fmt(m['se_at_sp75'])}    {shown}")
     t = metrics["targets"]
     print(f"targets: test MAcc >= {t['test_macc']} with Se >= {t['test_se']} per data set; "
-          f"LODO MAcc >= {t['lodo_macc']}")
+          f"LODO MAcc >= {t['lodo_macc']} (95 % CI: patient-level bootstrap of the test split)")
+    from train.model_card import target_figures
+
     for check, ok in t["checks"].items():
-        print(f"  {'MET ' if ok else 'MISS'} {check}")
+        print(f"  {'MET ' if ok else 'MISS'} {check}{target_figures(t, check)}")
     print(f"total time {seconds:.0f} s", file=sys.stdout)
