@@ -28,8 +28,12 @@ source, 55 for PhysioNet d; ``python3 bench/bench_frontend.py --spectra`` reprod
   0.808 / 0.719 (seed 1: 0.845 / 0.788 / 0.667, so seeds alone move AUC by 0.03-0.05);
   hop 40 (20 ms) 0.877 / 0.811 / 0.631; 20 cepstra 0.858 / 0.777 / 0.605; hop 40 and 20
   cepstra 0.880 / 0.781 / 0.619; 5 s windows 0.849 / 0.804 / 0.655. Each enlarges the
-  input (x1.5 to x3.1) for no gain above the seed noise. Reproduce one with, e.g.,
-  ``heartsound train --spec hop_length=40``, or all with ``--sweep FILE`` (``spec:``).
+  input (x1.5 to x3.1) for no gain above the seed noise. ``normalise="cmn"`` (every
+  cepstrum's window mean removed, the stethoscope's response with it) 0.784 / 0.710 /
+  0.739, and on the database it never saw (leave-one-database-out AUC a/b/d) 0.68 / 0.70
+  / 0.64 against 0.73 / 0.71 / 0.55, with the threshold transferring no better.
+  Reproduce one with, e.g., ``heartsound train --spec hop_length=40``, or all with
+  ``--sweep FILE`` (``spec:``).
 * **Pre-emphasis 0.95.** Heart-sound spectra fall steeply (above); 0.95 lifts 800 Hz by
   about 26 dB relative to 25 Hz, which keeps the Hann window's leakage from the loud low
   bins out of the murmur bands and leaves the weak high bands more fixed-point headroom.

@@ -19,6 +19,26 @@ Every model takes one analysis window, shape ``(frames, ceps)`` (the front end's
 ``frames_per_window`` x ``n_ceps``), and outputs class probabilities (softmax). Layers are
 restricted to what TFLite Micro runs in int8; BatchNormalization folds into the
 convolution at conversion and Dropout disappears.
+
+Measured and not adopted (float models, split seed 0, recording-level test AUC PhysioNet /
+PASCAL). One CNN over four seeds: 0.808 / 0.719, 0.788 / 0.667, 0.810 / 0.680, 0.749 /
+0.573, so a single run's figure moves by up to 0.06 (PhysioNet) and 0.15 (PASCAL):
+
+* ensembles, each member trained alone, scores averaged: four CNN seeds 0.806 / 0.659;
+  CNN + RNN + CRNN 0.810 / 0.668; all six 0.807 / 0.664. The members err on the same
+  recordings, so a 3-6x larger model buys nothing;
+* a source-adversarial head (gradient reversal on the CNN's pooled features, adversary
+  told the class, so it removes the stethoscope and not the label-source confound):
+  weight 0.3 gave 0.799 / 0.601, weight 1.0 0.742 / 0.580, and at 1.0 leave-one-database-
+  out AUC a/b/d 0.54 / 0.66 / 0.53 against 0.73 / 0.71 / 0.55 without it;
+* less data (a fraction of the training patients, two seeds each): 50 % 0.771 / 0.595,
+  75 % 0.808 / 0.584, 100 % (the four seeds above) 0.789 / 0.660. PhysioNet stops
+  improving at three quarters of its three databases, so more recordings from the same
+  stethoscopes are not what the PhysioNet figures lack; PASCAL may still gain from data.
+
+The seeds, architectures and fractions share one split (a sweep's ``split_seed: 0``;
+``heartsound train --seed N`` would move the split too); the ensembles, the adversarial
+head and the fractions were throwaway scripts around :func:`train.pipeline.run_training`.
 """
 
 from __future__ import annotations
