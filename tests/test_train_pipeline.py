@@ -140,3 +140,31 @@ def test_test_figures_carry_patient_bootstrap_intervals(small_run):
     assert set(figures) == set(metrics["targets"]["checks"])
     card = (out / "MODEL_CARD.md").read_text()
     assert "patient-level bootstrap" in card and "95 % CI" in card
+
+
+@pytest.mark.slow
+def test_same_command_trains_the_same_model(data_root, tmp_path):
+    """The issue's "reproducible from one command": weights, history and test figures
+    repeat exactly (seeded augmentation and windows, deterministic kernels, fixed pools)."""
+    outs = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        args = ["train", *_data_args(data_root), "--out", str(out), "--cache",
+                str(tmp_path / "cache"), "--limit", "10", "--epochs", "2", "--copies", "1",
+                "--threads", "2", "--quiet"]
+        assert main(args) == 0
+        outs.append(out)
+    import tf_keras
+
+    a, b = (tf_keras.models.load_model(o / "model.keras", compile=False) for o in outs)
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    ma, mb = (json.loads((o / "metrics.json").read_text()) for o in outs)
+    assert ma["history"] == mb["history"] and ma["test"] == mb["test"]
+    assert "tf_threads" in ma["environment"]  # 0: TensorFlow's own choice (pools set earlier)
+
+
+def test_threads_below_one_is_refused(tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "run"), "--threads", "0", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--threads 0" in err and "\n" not in err

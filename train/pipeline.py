@@ -293,7 +293,9 @@ def _environment() -> dict:
     import tensorflow as tf
 
     return {"python": platform.python_version(), "tensorflow": tf.__version__,
-            "platform": platform.platform(), "cpus": os.cpu_count()}
+            "platform": platform.platform(), "cpus": os.cpu_count(),
+            # 0: TensorFlow chose (its pools were set before `--threads` could)
+            "tf_threads": tf.config.threading.get_intra_op_parallelism_threads()}
 
 
 def write_run_folder(request: RunRequest, outcome: Outcome, splits, metrics: dict) -> None:

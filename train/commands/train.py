@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 DEFAULT_ARCH = "cnn"
 DEFAULT_RUNS = Path("runs")
+TRAIN_THREADS = 2
+"""TensorFlow's pool sizes for training (the 2-core machine the shipped model came from)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="compute every feature")
     parser.add_argument("--workers", type=int, default=2,
                         help="processes for feature extraction (default 2)")
+    parser.add_argument("--threads", type=int, default=TRAIN_THREADS, metavar="N",
+                        help=f"TensorFlow threads (default {TRAIN_THREADS}). Kept fixed "
+                        "so the same command trains the same model on any machine: the "
+                        "pool size sets the order of float sums, and 1 and 2 threads give "
+                        "different models from the same seed. Another N trains faster on "
+                        "more cores but will not reproduce the shipped model's figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_spec_option(parser)
     add_sweep_options(parser)
@@ -140,6 +148,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--channel {args.channel}: must be in 0..2")
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: need at least 1")
+    if args.threads < 1:
+        raise UsageError(f"--threads {args.threads}: need at least 1")
 
 
 def spec_of_items(items: list[str] | None) -> FeatureSpec:
@@ -217,6 +227,9 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     spec = spec_of_items(args.spec)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide harmless C++ op-registry chatter
+    from train.sweep_trial import limit_threads
+
+    limit_threads(args.threads)
     from train.datasets import default_data_paths, get_label_set, load_records
     from train.features import default_cache_dir
     from train.models import get_architecture
