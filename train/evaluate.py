@@ -25,7 +25,9 @@ DEFAULT_MIN_SE = 0.9
 REPORT_MIN_SP = 0.75
 THRESHOLD_FLOOR = 0.0
 CI_DRAWS = 2000
-"""Bootstrap resamples: the 2.5/97.5 % percentiles move by under 0.01 between seeds."""
+"""Bootstrap resamples. Between seeds 0-9 the interval ends of the shipped model's test
+figures move by at most 0.008 (PhysioNet) and 0.017 (PASCAL, 56 recordings): the second
+decimal, as the card shows them, by one at most."""
 CI_LEVEL = 0.95
 CI_SEED = 0
 
@@ -126,11 +128,10 @@ def bootstrap_ci(y_true: np.ndarray, scores: np.ndarray, threshold: float,
     """
     y = np.asarray(y_true).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
-    ids = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
-    n_groups = int(ids.max()) + 1 if ids.size else 0
     if not y.any() or y.all():
         return {"se": None, "sp": None, "macc": None, "auc": None}
-    weights = _group_draws(n_groups, draws, seed)[:, ids]  # (draws, recordings)
+    names, ids = np.unique(np.asarray(groups), return_inverse=True)
+    weights = _group_draws(len(names), draws, seed)[:, ids.reshape(-1)]  # (draws, recordings)
     pred = s >= threshold
     pos, neg = weights[:, y].sum(axis=1), weights[:, ~y].sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -21,12 +21,17 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def interval_text(interval: list[float]) -> str:
+    """'0.58-0.70': a 95 % interval as the card, the targets and the summary show it."""
+    return f"{_num(interval[0], 2)}-{_num(interval[1], 2)}"
+
+
 def _with_ci(m: Mapping, key: str) -> str:
     """The figure, and its 95 % patient-bootstrap interval when the run measured one."""
     interval = (m.get("ci95") or {}).get(key)
     if m[key] is None or interval is None:
         return _num(m[key])
-    return f"{_num(m[key])} ({_num(interval[0], 2)}-{_num(interval[1], 2)})"
+    return f"{_num(m[key])} ({interval_text(interval)})"
 
 
 def _row(name: str, m: Mapping) -> str:
@@ -79,7 +84,7 @@ def target_figures(targets: Mapping, check: str) -> str:
     if not f:
         return ""
     ci = f.get("macc_ci95")
-    interval = f", 95 % CI {_num(ci[0], 2)}-{_num(ci[1], 2)}" if ci else ""
+    interval = f", 95 % CI {interval_text(ci)}" if ci else ""
     return f" (MAcc {_num(f['macc'])}{interval}; Se {_pct(f['se'])})"
 
 

@@ -265,19 +265,19 @@ def _fmt(value) -> str:
 def _print_summary(metrics: dict, out: Path, seconds: float) -> None:
     print(f"\nrun folder: {out}   threshold {metrics['threshold']:.4f} "
           f"(validation, Se >= {metrics['config']['min_se']})")
+    from train.model_card import interval_text, target_figures
+
     print("test, per recording:      n   abn    Se     Sp   MAcc    AUC  Se@Sp75  MAcc 95 % CI")
     rows = dict(metrics["test"]["recording"])
     rows |= {f"LODO {k}": res["test"][k] for k, res in metrics["lodo"].items()}
     for name, m in rows.items():
         ci = (m.get("ci95") or {}).get("macc")
-        shown = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "n/a"
+        shown = interval_text(ci) if ci else "n/a"
         print(f"  {name:<20} {m['n']:>5} {m['n_abnormal']:>5} {_fmt(m['se'])} {_fmt(m['sp'])} "
               f"{_fmt(m['macc'])} {_fmt(m['auc'])} {_fmt(m['se_at_sp75'])}    {shown}")
     t = metrics["targets"]
     print(f"targets: test MAcc >= {t['test_macc']} with Se >= {t['test_se']} per data set; "
           f"LODO MAcc >= {t['lodo_macc']} (95 % CI: patient-level bootstrap of the test split)")
-    from train.model_card import target_figures
-
     for check, ok in t["checks"].items():
         print(f"  {'MET ' if ok else 'MISS'} {check}{target_figures(t, check)}")
     print(f"total time {seconds:.0f} s", file=sys.stdout)
