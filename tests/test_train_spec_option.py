@@ -115,3 +115,14 @@ def test_a_tiny_run_trains_on_the_requested_front_end(data_root, tmp_path, capsy
     model = load_float_model(out)
     assert tuple(model.input_shape[1:]) == (frames, 20)
     assert np.load(out / "representative.npy").shape[1:] == (frames, 20)
+
+
+def test_default_run_folder_of_a_spec_run_differs_from_the_default_runs():
+    from train.commands.train import _default_run_name
+    from train.features import spec_hash
+
+    assert _default_run_name("screening", "cnn", 0, DEFAULT_SPEC) == "screening-cnn-seed0"
+    other = spec_of_items(["hop_length=40"])
+    assert _default_run_name("screening", "cnn", 0, other) == (
+        f"screening-cnn-seed0-spec{spec_hash(other)[:8]}")
+    assert spec_hash(other) != spec_hash(DEFAULT_SPEC)

@@ -35,7 +35,8 @@ TRAIN_THREADS = 2
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_option(parser)
     parser.add_argument("--out", type=Path, default=None, metavar="RUN_DIR",
-                        help="run folder to create (default: runs/<labels>-<arch>-seed<N>); "
+                        help="run folder to create (default: runs/<labels>-<arch>-seed<N>, "
+                        "with -spec<hash> after it for a --spec run); "
                         "an existing one is refused without --force")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing run folder")
