@@ -225,12 +225,12 @@ def evaluate_groups(
     with ``groups`` (patient of each recording), each subset also gets ``ci95``."""
     y_class = np.asarray(y_class)
     src = np.asarray(sources)
+    group_of = None if groups is None else np.asarray(groups)
     out: dict[str, dict] = {}
     for name in [*sorted(set(src.tolist())), "overall"]:
         mask = np.ones(len(src), bool) if name == "overall" else src == name
-        subset_groups = None if groups is None else np.asarray(groups)[mask]
         out[name] = _evaluate_mask(y_class[mask], probs[mask], threshold, classes,
-                                   subset_groups)
+                                   None if group_of is None else group_of[mask])
     return out
 
 
