@@ -27,6 +27,9 @@ Keras 3 models take ``from_keras_model`` instead (see _converter)."""
 
 def _load(path: str, framework: str):
     if framework == "tf_keras":
+        from train.tensorflow_quiet import import_tensorflow
+
+        import_tensorflow()
         import tf_keras
 
         return tf_keras.models.load_model(path, compile=False)
@@ -36,7 +39,9 @@ def _load(path: str, framework: str):
 
 
 def _converter(path: str, framework: str, frame_shape: tuple[int, ...]):
-    import tensorflow as tf
+    from train.tensorflow_quiet import import_tensorflow
+
+    tf = import_tensorflow()
 
     if framework == "saved_model":
         return tf.lite.TFLiteConverter.from_saved_model(path), None
@@ -58,7 +63,9 @@ def _converter(path: str, framework: str, frame_shape: tuple[int, ...]):
 
 def main(argv: list[str]) -> int:
     model_path, framework, rep_path, out_path, err_path = argv
-    import tensorflow as tf
+    from train.tensorflow_quiet import import_tensorflow
+
+    tf = import_tensorflow()
 
     rep = np.load(rep_path).astype(np.float32)
     converter, problem = _converter(model_path, framework, tuple(rep.shape[1:]))

@@ -56,11 +56,13 @@ print(c.backend, version('tflite-runtime'), np.__version__)
 
 def run_float(model_path: Path, windows: np.ndarray) -> np.ndarray:
     """Class probabilities of the float Keras model on int16 windows fed as float."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from convert.quantize import _framework_of
 
     framework = _framework_of(model_path)
     if framework == "tf_keras":
+        from train.tensorflow_quiet import import_tensorflow
+
+        import_tensorflow()
         import tf_keras
 
         model = tf_keras.models.load_model(model_path, compile=False)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from train.evaluate import (
+    best_macc,
     binary_metrics,
     choose_threshold,
     class_metrics,
@@ -56,6 +57,20 @@ def test_se_at_sp():
     assert se_at_sp(y, s, 0.75) == 0.75
     assert se_at_sp(y, s, 1.0) == 0.75  # threshold 0.7: no false positive
     assert se_at_sp(y, s, 0.0) == 1.0
+
+
+def test_best_macc_is_the_ceiling_of_every_threshold():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.2, 0.6, 0.3, 0.2, 0.1])
+    # threshold 0.7: Se 3/4, Sp 4/4; no other threshold does better
+    assert best_macc(y, s) == pytest.approx(0.875)
+    assert binary_metrics(y, s, 0.5)["macc_best"] == pytest.approx(0.875)
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 80)
+    s = rng.integers(0, 12, 80) / 12  # ties
+    every = [binary_metrics(y, s, t)["macc"] for t in [*np.unique(s), np.inf]]
+    assert best_macc(y, s) == pytest.approx(max(every))
+    assert best_macc(np.ones(4), np.arange(4.0)) is None
 
 
 def test_threshold_favours_sensitivity():
@@ -171,3 +186,13 @@ def test_bootstrap_one_class_has_no_interval_and_groups_reach_evaluate_groups():
     assert set(res["x"]["ci95"]) == {"se", "sp", "macc", "auc"}
     assert "ci95" not in evaluate_groups(y.astype(int), probs, ["x"] * 30, 0.3,
                                          ["normal", "abnormal"])["x"]
+
+
+def test_target_line_names_the_ceiling_only_when_the_run_has_it():
+    from train.model_card import target_figures
+
+    figures = {"macc": 0.5, "se": 1.0, "macc_ci95": [0.5, 0.5], "macc_best": 0.685}
+    line = target_figures({"figures": {"lodo physionet-a": figures}}, "lodo physionet-a")
+    assert line == " (MAcc 0.500, 95 % CI 0.50-0.50; Se 100.0 %; any threshold <= 0.685)"
+    older = {k: v for k, v in figures.items() if k != "macc_best"}
+    assert "any threshold" not in target_figures({"figures": {"x": older}}, "x")

@@ -138,8 +138,11 @@ def test_test_figures_carry_patient_bootstrap_intervals(small_run):
     assert "ci95" not in metrics["test"]["window"]["overall"]  # windows are not independent
     figures = metrics["targets"]["figures"]
     assert set(figures) == set(metrics["targets"]["checks"])
+    for f in figures.values():  # the ceiling of any threshold is at least the MAcc reached
+        assert f["macc"] is None or f["macc_best"] >= f["macc"] - 1e-12, f
     card = (out / "MODEL_CARD.md").read_text()
     assert "patient-level bootstrap" in card and "95 % CI" in card
+    assert "any threshold <= " in card
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ timing rules (:func:`edge.benchmark.timings_ms`), so the ratio is a like-for-lik
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +39,11 @@ def float_windows(features: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 def load_float_model(run_dir: Path):
     """The run's float Keras model (tf-keras, else Keras 3), uncompiled."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     path = run_dir / MODEL_FILE
     try:
+        from train.tensorflow_quiet import import_tensorflow
+
+        import_tensorflow()
         import tf_keras
 
         return tf_keras.models.load_model(path, compile=False)
@@ -74,7 +75,9 @@ fastest route: ``model.predict`` (what Keras documents for inference), an eager
 
 
 def _keras_calls(model, inputs: np.ndarray) -> dict:
-    import tensorflow as tf
+    from train.tensorflow_quiet import import_tensorflow
+
+    tf = import_tensorflow()
 
     graph = tf.function(lambda x: model(x, training=False),
                         input_signature=[tf.TensorSpec(inputs.shape, tf.float32)])

@@ -79,13 +79,16 @@ def _targets_section(metrics: Mapping) -> str:
 
 
 def target_figures(targets: Mapping, check: str) -> str:
-    """' (MAcc 0.642, 95 % CI 0.57-0.71; Se 91.7 %)' for one check, '' for older runs."""
+    """' (MAcc 0.642, 95 % CI 0.57-0.71; Se 91.7 %; any threshold <= 0.752)' for one check,
+    '' for older runs; the last part (the subset's best MAcc) only in runs that have it."""
     f = (targets.get("figures") or {}).get(check)
     if not f:
         return ""
     ci = f.get("macc_ci95")
     interval = f", 95 % CI {interval_text(ci)}" if ci else ""
-    return f" (MAcc {_num(f['macc'])}{interval}; Se {_pct(f['se'])})"
+    best = f.get("macc_best")
+    ceiling = f"; any threshold <= {_num(best)}" if best is not None else ""
+    return f" (MAcc {_num(f['macc'])}{interval}; Se {_pct(f['se'])}{ceiling})"
 
 
 def _data_section(metrics: Mapping) -> str:

@@ -277,7 +277,8 @@ def targets(metrics: dict) -> dict:
         out["checks"][check] = meets(result, TARGET_LODO_MACC if lodo else TARGET_TEST_MACC,
                                      None if lodo else TARGET_TEST_SE)
         out["figures"][check] = {"macc": result["macc"], "se": result["se"],
-                                 "macc_ci95": (result.get("ci95") or {}).get("macc")}
+                                 "macc_ci95": (result.get("ci95") or {}).get("macc"),
+                                 "macc_best": result.get("macc_best")}
     return out
 
 
@@ -290,7 +291,9 @@ def _describe_data(records, ls: LabelSet) -> str:
 
 
 def _environment() -> dict:
-    import tensorflow as tf
+    from train.tensorflow_quiet import import_tensorflow
+
+    tf = import_tensorflow()
 
     return {"python": platform.python_version(), "tensorflow": tf.__version__,
             "platform": platform.platform(), "cpus": os.cpu_count(),

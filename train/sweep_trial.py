@@ -64,7 +64,9 @@ def trial_config(params: Mapping, threads: int = 1):
 
 def limit_threads(threads: int) -> None:
     """TensorFlow's pools at ``threads`` (before TF starts; a reused process keeps its own)."""
-    import tensorflow as tf
+    from train.tensorflow_quiet import import_tensorflow
+
+    tf = import_tensorflow()
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -249,7 +249,9 @@ def channel_offsets(rng: np.random.Generator, n: int, sd: np.ndarray) -> np.ndar
 
 def set_seeds(seed: int, keras_module) -> None:
     """Python, numpy and TensorFlow seeds, and deterministic TF kernels."""
-    import tensorflow as tf
+    from train.tensorflow_quiet import import_tensorflow
+
+    tf = import_tensorflow()
 
     random.seed(seed)
     np.random.seed(seed)
@@ -262,6 +264,9 @@ def keras_of(model):
     if type(model).__module__.startswith("tf_keras") or any(
         c.__module__.startswith("tf_keras") for c in type(model).__mro__
     ):
+        from train.tensorflow_quiet import import_tensorflow
+
+        import_tensorflow()
         import tf_keras
 
         return tf_keras
