@@ -75,6 +75,10 @@ def _targets_section(metrics: Mapping) -> str:
              f"leave-one-database-out MAcc >= {t['lodo_macc']}.", ""]
     lines += [f"- {'met' if ok else '**not met**'}: {check}{target_figures(t, check)}"
               for check, ok in t["checks"].items()]
+    if any("macc_best" in f for f in (t.get("figures") or {}).values()):
+        lines += ["", "\"Any threshold\" is the best MAcc that any threshold gives on that test "
+                  "subset, chosen with its labels: where it is below the target, no operating "
+                  "point can meet it and the model's ranking (AUC) is what falls short."]
     return "\n".join(lines)
 
 
