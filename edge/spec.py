@@ -193,7 +193,7 @@ class FeatureSpec:
                             "the spec comes from a newer heartsound, upgrade it")
         kwargs = {}
         for name, value in data.items():
-            kwargs[name] = _coerce(name, known[name].type, value)
+            kwargs[name] = _coerce(name, value)
         spec = cls(**kwargs)
         spec.validate()
         return spec
@@ -218,12 +218,19 @@ class FeatureSpec:
         return self
 
 
-def _coerce(name: str, type_name: str, value: object) -> object:
-    wanted = {"int": int, "float": float, "str": str}[str(type_name)]
+def field_type(name: str) -> type:
+    """The Python type of one FeatureSpec field: the annotations are strings here (``from
+    __future__ import annotations``), and whoever parses a field's text needs the type."""
+    declared = {f.name: str(f.type) for f in fields(FeatureSpec)}[name]
+    return {"int": int, "float": float, "str": str}[declared]
+
+
+def _coerce(name: str, value: object) -> object:
+    wanted = field_type(name)
     if wanted is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, bool) or not isinstance(value, wanted):
-        raise SpecError(f"feature spec: field {name} must be {type_name}, got {value!r}; "
+        raise SpecError(f"feature spec: field {name} must be {wanted.__name__}, got {value!r}; "
                         "fix the spec JSON")
     return value
 

@@ -178,22 +178,20 @@ def spec_of_items(items: list[str] | None) -> FeatureSpec:
 
 def _spec_item(item: str) -> tuple[str, object]:
     """(field, value of the field's declared type) of one ``KEY=VALUE``; UsageError if not."""
-    from dataclasses import fields
-
     from edge.errors import UsageError
-    from edge.spec import DEFAULT_SPEC, FeatureSpec
+    from edge.spec import DEFAULT_SPEC, field_type
     from train.sweep_spec import check_spec_field
 
     name, sep, text = (part.strip() for part in item.partition("="))
     if not sep or not name or not text:
         raise UsageError(f"--spec {item!r}: expected KEY=VALUE, e.g. --spec hop_length=40")
     check_spec_field(name, f"--spec {item}")
-    kind = {f.name: str(f.type) for f in fields(FeatureSpec)}[name]
+    kind = field_type(name)
     default = getattr(DEFAULT_SPEC, name)
     try:
-        return name, {"int": int, "float": float, "str": str}[kind](text)
+        return name, kind(text)
     except ValueError:
-        wanted = "a whole number" if kind == "int" else "a number"
+        wanted = "a whole number" if kind is int else "a number"
         raise UsageError(f"--spec {item}: {name} takes {wanted}, got {text!r}; e.g. "
                          f"--spec {name}={default} (the default)") from None
 
