@@ -114,6 +114,12 @@ def verify(c: Context, run: str = RUN_DIR, model: str = MODEL) -> bool:
     return c.run(f"heartsound verify {model} --run {run}", warn=True).ok
 
 
+@task(help={"run": "training run folder", "model": "int8 .tflite"})
+def targets(c: Context, run: str = RUN_DIR, model: str = MODEL) -> None:
+    """Release check: verify, then the project's targets; exits non-zero on any miss."""
+    c.run(f"heartsound verify {model} --run {run} --targets")
+
+
 @task(help={"model": "int8 .tflite", "host": "USER@HOST[:PORT]: bench the deployed release "
             "on that device instead (see deploy for the other options)",
             "hosts": "hosts file: bench every device in it at once, one table",
@@ -149,15 +155,30 @@ def pipeline(c: Context) -> None:
     """The whole chain on the real data: train, convert, verify, screen, bench.
 
     A failed verification requirement is reported and fails the pipeline at the end,
-    after the screening and benchmark have still shown what the model does.
+    after the screening and benchmark have still shown what the model does. The targets
+    verdict is printed last and never fails it: `invoke targets` is the release check.
     """
     train(c, force=True)
     convert(c)
     verified = verify(c)
     screen(c)
     bench(c)
+    _print_targets(Path(RUN_DIR) / "metrics.json")
     if not verified:
         raise Exit("pipeline: verification reported a failed requirement (see above)", 1)
+
+
+def _print_targets(metrics_file: Path) -> None:
+    import json
+
+    from train.model_card import target_figures
+
+    t = json.loads(metrics_file.read_text())["targets"]
+    missed = [name for name, ok in t["checks"].items() if not ok]
+    print(f"\ntargets of {metrics_file.parent}: {len(t['checks']) - len(missed)} met, "
+          f"{len(missed)} missed (release check: invoke targets)")
+    for name, ok in t["checks"].items():
+        print(f"  {'MET ' if ok else 'MISS'} {name}{target_figures(t, name)}")
 
 
 def _remote_args(host: str, key: str, known_hosts: str, root: str, **flags: str | bool) -> str:

@@ -37,6 +37,21 @@ def round_shift(values: np.ndarray, shift: np.ndarray | int) -> np.ndarray:
     return ((values + half) >> right) << left
 
 
+def isqrt(values: np.ndarray) -> np.ndarray:
+    """floor(sqrt(v)) of each int64 v in 0..2^62, exact, digit by digit in base 4 (the
+    C twin's loop): no float estimate, so no rounding to correct."""
+    v = np.array(values, dtype=np.int64)
+    root = np.zeros_like(v)
+    bit = np.int64(1) << 62
+    while bit:
+        trial = root + bit
+        fits = v >= trial
+        v = np.where(fits, v - trial, v)
+        root = np.where(fits, (root >> 1) + bit, root >> 1)
+        bit >>= 2
+    return root
+
+
 def saturate(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Clamp to [lo, hi] (the C code's saturation), keeping the integer dtype."""
     return np.minimum(np.maximum(values, lo), hi)

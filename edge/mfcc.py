@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from edge.errors import AudioError
-from edge.fixed_point import bit_length, log2_q, round_shift, saturate
-from edge.spec import DEFAULT_SPEC, FeatureSpec
+from edge.fixed_point import bit_length, isqrt, log2_q, round_shift, saturate
+from edge.spec import DEFAULT_SPEC, RECORDING_NORMALISATIONS, FeatureSpec
 from edge.tables import (
     LOG_TABLE_BITS,
     LOG_TABLE_Q,
@@ -215,32 +215,83 @@ def fill_window(pcm: np.ndarray, spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray
     return np.tile(pcm, -(-n // pcm.size))[:n]
 
 
-def windows(features: np.ndarray, spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray:
-    """(n_windows, frames_per_window, n_ceps) int16 model inputs from a feature matrix.
+def windows(features: np.ndarray, spec: FeatureSpec = DEFAULT_SPEC,
+            offset: int = 0) -> np.ndarray:
+    """(n_windows, frames_per_window, n_ceps) int16 model inputs from a recording's features.
 
-    Window j starts at frame j * window_hop_frames; fewer frames than one window give 0
-    windows. spec.normalise then subtracts each window's mean (floor division of the
-    integer sum, as in C) from c0 ("c0") or from every cepstrum ("cmn").
+    ``features`` start at the recording's first frame. Window j starts at frame ``offset +
+    j * window_hop_frames`` (training draws a random ``offset`` per epoch; the device's is
+    0); fewer frames than one window give 0 windows. spec.normalise then centres each
+    window (:func:`normalise_windows`) or normalises it by the recording heard so far
+    (:func:`normalise_by_recording`).
     """
     feats = np.asanyarray(features)
     if feats.ndim != 2 or feats.shape[1] != spec.n_ceps or feats.dtype != np.int16:
         raise AudioError(f"features: got {feats.dtype} {feats.shape}, expected int16 "
                          f"(n_frames, {spec.n_ceps}) from edge.mfcc.mfcc with the same spec")
     size, hop = spec.frames_per_window, spec.window_hop_frames
-    if feats.shape[0] < size:
+    if feats.shape[0] - offset < size:
         return np.zeros((0, size, spec.n_ceps), dtype=np.int16)
-    n_win = 1 + (feats.shape[0] - size) // hop
-    view = np.lib.stride_tricks.sliding_window_view(feats, size, axis=0, subok=True)
+    n_win = 1 + (feats.shape[0] - offset - size) // hop
+    view = np.lib.stride_tricks.sliding_window_view(feats[offset:], size, axis=0, subok=True)
     wins = view[: n_win * hop : hop].transpose(0, 2, 1).astype(np.int32)
+    if spec.normalise in RECORDING_NORMALISATIONS:
+        ends = offset + size + hop * np.arange(n_win)
+        return normalise_by_recording(wins, recording_stats(feats, ends), spec)
     return normalise_windows(wins, spec)
 
 
 def normalise_windows(wins: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Subtract per-window means per spec.normalise; saturate back to int16."""
-    if spec.normalise == "none" or wins.shape[0] == 0:
+    """Subtract per-window means per spec.normalise ("c0", "cmn"); saturate to int16."""
+    if spec.normalise not in ("c0", "cmn") or wins.shape[0] == 0:
         return wins.astype(np.int16)
     cols = 1 if spec.normalise == "c0" else spec.n_ceps
     mean = wins[:, :, :cols].sum(axis=1, keepdims=True) // spec.frames_per_window
     wins = wins.copy()
     wins[:, :, :cols] -= mean
     return saturate(wins, INT16_MIN, INT16_MAX).astype(np.int16)
+
+
+# ---- per-recording normalisation -------------------------------------------------------
+# The statistics of every frame heard so far, as the device keeps them while it streams:
+# per cepstrum the count n, the sum S and the sum of squares Q (int64). Window j uses the
+# statistics at its last frame, so a window never depends on frames after it, and a
+# microcontroller needs 16 * n_ceps + 8 bytes (216 for 13 cepstra, hs_mfcc_stats) instead
+# of the whole recording. The count stops at STATS_MAX_FRAMES (43.7 min at 25 frames/s), which
+# keeps n * Q and S * S below 2^62.
+
+STATS_MAX_FRAMES = (1 << 16) - 1
+"""Frames counted into the running statistics; later frames leave them unchanged."""
+
+SD_FLOOR = 16
+"""Smallest standard deviation divided by (Q8.7 LSB: 1/8 of a log2 unit), so a constant
+cepstrum (digital silence) gives 0 instead of a division by zero."""
+
+
+def recording_stats(features: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(n, S, Q) of frames [0, end) for each end: n (k,), S and Q (k, n_ceps) int64."""
+    x = np.asarray(features, dtype=np.int64)
+    n = np.minimum(np.asarray(ends, dtype=np.int64), STATS_MAX_FRAMES)
+    zero = np.zeros((1, x.shape[1]), dtype=np.int64)
+    csum = np.concatenate([zero, np.cumsum(x, axis=0)])
+    csq = np.concatenate([zero, np.cumsum(x * x, axis=0)])
+    return n, csum[n], csq[n]
+
+
+def normalise_by_recording(wins: np.ndarray, stats: tuple[np.ndarray, ...],
+                           spec: FeatureSpec) -> np.ndarray:
+    """Each window minus the recording's running mean ("rec_mean"), or in units of the
+    running standard deviation too ("rec_mvn": 2^out_frac_bits per SD); int16.
+
+    mean = floor(S / n); var = floor((n Q - S^2) / n^2); sd = max(isqrt(var), SD_FLOOR);
+    mvn = floor((2 (x - mean) 2^out_frac_bits + sd) / (2 sd)) (rounded half up).
+    """
+    n, s, q = stats
+    nn = n[:, None]
+    mean = s // nn
+    d = wins - mean[:, None, :].astype(np.int32)
+    if spec.normalise == "rec_mvn":
+        var = (nn * q - s * s) // (nn * nn)
+        sd = np.maximum(isqrt(var), SD_FLOOR)[:, None, :]
+        d = (2 * (d.astype(np.int64) << spec.out_frac_bits) + sd) // (2 * sd)
+    return saturate(d, INT16_MIN, INT16_MAX).astype(np.int16)

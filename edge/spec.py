@@ -65,7 +65,9 @@ from edge.errors import SpecError
 #: Bumped whenever the same spec numbers would give different feature bits.
 FEATURE_CONTRACT_VERSION = 1
 
-NORMALISATIONS = ("none", "c0", "cmn")
+NORMALISATIONS = ("none", "c0", "cmn", "rec_mean", "rec_mvn")
+RECORDING_NORMALISATIONS = ("rec_mean", "rec_mvn")
+"""Normalisations by the statistics of the recording heard so far (edge.mfcc.recording_stats)."""
 WINDOWS = ("hann",)
 _FFT_MIN, _FFT_MAX = 16, 1024
 
@@ -136,8 +138,10 @@ class FeatureSpec:
     """Seconds between analysis-window starts; a whole number of hops."""
 
     normalise: str = "c0"
-    """Per-window normalisation applied by edge.mfcc.windows: "none", "c0" (subtract the
-    window's mean c0: gain-free) or "cmn" (subtract the window's mean of every cepstrum)."""
+    """Normalisation applied by edge.mfcc.windows: "none"; per window "c0" (subtract the
+    window's mean c0: gain-free) or "cmn" (the window's mean of every cepstrum); per
+    recording "rec_mean" (every cepstrum minus its mean over the recording heard up to the
+    window's end) or "rec_mvn" (that, divided by the running standard deviation)."""
 
     # ---- derived numbers -------------------------------------------------------------
     @property

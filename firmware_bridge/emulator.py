@@ -4,7 +4,8 @@ Why it exists: the host client must be tested end to end over a real serial devi
 (termios, partial reads, a peer that vanishes), and the answers must be the ones the
 microcontroller gives. So this emulator runs the same pieces the firmware runs, in the
 same streaming form: the fixed-point front end pushed chunk by chunk
-(:class:`edge.mfcc.MfccStream`), windows cut and normalised as frames arrive, the integer
+(:class:`edge.mfcc.MfccStream`), windows cut and normalised as frames arrive (with the
+running statistics of the recording for the per-recording normalisations), the integer
 int8 input quantisation (:func:`edge.interpreter.quantise_features`) and the TFLite Micro
 interpreter (the ``tflite-micro`` wheel, reset before every window). Its window scores and
 decision are bit-identical to ``heartsound screen`` (tests/test_serial_client.py).
@@ -35,9 +36,14 @@ import numpy as np
 
 from edge import decision
 from edge.interpreter import Quantisation, quantise_features
-from edge.mfcc import MfccStream, normalise_windows
+from edge.mfcc import (
+    STATS_MAX_FRAMES,
+    MfccStream,
+    normalise_by_recording,
+    normalise_windows,
+)
 from edge.model_meta import read_model_meta
-from edge.spec import FeatureSpec
+from edge.spec import RECORDING_NORMALISATIONS, FeatureSpec
 from firmware_bridge import protocol as p
 
 FIRMWARE_VERSION = "emulator-1"
@@ -57,9 +63,12 @@ WRITE_GIVE_UP_S = 1.0
 class WindowCutter:
     """Frames in, normalised analysis windows out, as soon as each window is complete.
 
-    The streaming twin of :func:`edge.mfcc.windows`: window j ends at frame
+    The streaming twin of :func:`edge.mfcc.windows` (offset 0): window j ends at frame
     ``frames_per_window + j * window_hop_frames``; only the last ``frames_per_window``
-    frames are kept (what the firmware keeps).
+    frames are kept, plus the running statistics of every frame so far (count, and per
+    cepstrum the int64 sum and sum of squares, counted up to
+    :data:`edge.mfcc.STATS_MAX_FRAMES` frames) for the per-recording normalisations: what
+    the firmware keeps (``hs_mfcc_stats``).
     """
 
     def __init__(self, spec: FeatureSpec) -> None:
@@ -67,20 +76,38 @@ class WindowCutter:
         self.rows: list[np.ndarray] = []
         self.frames_seen = 0
         self.windows_out = 0
+        self.n = 0
+        self.sums = np.zeros(spec.n_ceps, dtype=np.int64)
+        self.sumsq = np.zeros(spec.n_ceps, dtype=np.int64)
 
     def push(self, frames: np.ndarray) -> list[np.ndarray]:
         out = []
         size, hop = self.spec.frames_per_window, self.spec.window_hop_frames
         for row in frames:
+            self._count(row)
             self.rows.append(row)
             if len(self.rows) > size:
                 del self.rows[0]
             self.frames_seen += 1
             if self.frames_seen >= size and (self.frames_seen - size) % hop == 0:
-                window = np.stack(self.rows).astype(np.int32)[None]
-                out.append(normalise_windows(window, self.spec)[0])     # int16 Q8.7
+                out.append(self._normalise(np.stack(self.rows).astype(np.int32)))  # int16
                 self.windows_out += 1
         return out
+
+    def _count(self, row: np.ndarray) -> None:
+        if self.n >= STATS_MAX_FRAMES:
+            return  # the cap keeps n * Q and S * S in int64, as on the device
+        x = np.asarray(row, dtype=np.int64)
+        self.sums += x
+        self.sumsq += x * x
+        self.n += 1
+
+    def _normalise(self, window: np.ndarray) -> np.ndarray:
+        if self.spec.normalise in RECORDING_NORMALISATIONS:
+            stats = (np.array([self.n], dtype=np.int64), self.sums[None].copy(),
+                     self.sumsq[None].copy())
+            return normalise_by_recording(window[None], stats, self.spec)[0]
+        return normalise_windows(window[None], self.spec)[0]
 
 
 class TflmModel:

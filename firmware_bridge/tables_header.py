@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import HeartsoundError
+from edge.mfcc import SD_FLOOR, STATS_MAX_FRAMES
 from edge.spec import DEFAULT_SPEC, NORMALISATIONS, FeatureSpec
 from edge.tables import (
     LOG_TABLE_BITS,
@@ -29,6 +30,8 @@ from edge.tables import (
 
 DEFAULT_HEADER = Path(__file__).resolve().parent / "c" / "hs_mfcc_tables.h"
 _PER_LINE = 10
+#: What HS_NORMALISE's values mean: its index in NORMALISATIONS.
+_NORMALISE_MODES = ", ".join(f"{i} {name}" for i, name in enumerate(NORMALISATIONS))
 
 
 def _array(ctype: str, name: str, size: str, values: np.ndarray) -> str:
@@ -67,7 +70,9 @@ def _defines(spec: FeatureSpec) -> list[tuple[str, int, str]]:
         ("HS_MEL_WEIGHTS", int(tab.mel_len.sum()), "stored mel weights"),
         ("HS_FRAMES_PER_WINDOW", spec.frames_per_window, "frames per model input"),
         ("HS_WINDOW_HOP_FRAMES", spec.window_hop_frames, "frames between model inputs"),
-        ("HS_NORMALISE", NORMALISATIONS.index(spec.normalise), "0 none, 1 c0, 2 cmn"),
+        ("HS_NORMALISE", NORMALISATIONS.index(spec.normalise), _NORMALISE_MODES),
+        ("HS_STATS_MAX_FRAMES", STATS_MAX_FRAMES, "frames counted into the recording stats"),
+        ("HS_SD_FLOOR", SD_FLOOR, "smallest standard deviation divided by (rec_mvn)"),
     ]
 
 

@@ -35,7 +35,7 @@ pytest.importorskip("ray", reason="the 'cluster' extra (Ray) is not installed")
 REPO = Path(__file__).resolve().parent.parent
 PORT = 6379  # free: the namespace is new
 SOURCES = ("pascal/set_a", "pascal/set_b", "physionet2016/training-a",
-           "physionet2016/training-b", "physionet2016/training-d")
+           "physionet2016/training-b", "physionet2016/training-d", "physionet2016/training-e")
 PER_SOURCE = 4
 START_TIMEOUT_S = 90
 UNREACHABLE_S = 10.0  # an unreachable address must fail in well under ray.init's minutes

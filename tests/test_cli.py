@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from edge.cli import COMMANDS, build_parser
+from tests.data_sources import SOURCES
 
 HEAVY = ("tensorflow", "keras", "tf_keras", "scipy")
 
@@ -59,7 +60,7 @@ def test_data_list_counts_every_source(data_root):
     result = _heartsound("data", "list", "--data", str(data_root / "pascal"),
                          "--data", str(data_root / "physionet2016"))
     assert result.returncode == 0, result.stderr
-    for source in ("pascal-a", "pascal-b", "physionet-a", "physionet-b", "physionet-d"):
+    for source in SOURCES:
         assert source in result.stdout
 
 

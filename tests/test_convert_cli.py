@@ -202,17 +202,22 @@ def test_bench_baseline_times_the_runs_float_pipeline(converted, run):
             baseline[f"window_{call}_ms"]["mean"] / figures["window_ms"]["mean"])
 
 
-def test_float_windows_match_the_integer_windows_on_real_features(data_root):
-    """Same cut and normalisation as edge.mfcc.windows; only the integer mean's floor
-    division (at most 1 LSB) tells them apart."""
+@pytest.mark.parametrize(("normalise", "max_lsb"), [
+    ("c0", 1.0), ("rec_mean", 1.0),
+    ("rec_mvn", 8.0),  # the mean's floor scaled by 128 / SD, and the SD's floor: 1/16 SD
+])
+def test_float_windows_match_the_integer_windows_on_real_features(data_root, normalise,
+                                                                  max_lsb):
+    """Same cut and normalisation as edge.mfcc.windows; only the integer floors (the
+    mean's, and for rec_mvn the SD's) tell them apart."""
     from edge.audio import read_wav
     from edge.mfcc import mfcc, windows
     from train.baseline import float_windows
 
-    spec = FeatureSpec()
+    spec = FeatureSpec(normalise=normalise)
     pcm = read_wav(data_root / "physionet2016" / "training-a" / "a0001.wav",
                    spec.sample_rate_hz)
     feats = mfcc(pcm, spec)
     ints, floats = windows(feats, spec), float_windows(feats.astype(np.float64), spec)
     assert ints.shape == floats.shape and len(ints) > 5
-    assert np.abs(ints - floats).max() < 1.0
+    assert np.abs(ints - floats).max() < max_lsb

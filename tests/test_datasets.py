@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import DataError
+from tests.data_sources import SOURCES
 from train.datasets import (
     CONDITION,
     LABEL_SETS,
@@ -27,7 +28,6 @@ from train.datasets import (
     summarize,
 )
 
-SOURCES = ("pascal-a", "pascal-b", "physionet-a", "physionet-b", "physionet-d")
 WAV_CHECKS_PER_SOURCE = 8
 
 
@@ -53,6 +53,7 @@ def test_every_source_is_loaded_with_its_rate(records: list[Recording]) -> None:
         "physionet-a": {2000},
         "physionet-b": {2000},
         "physionet-d": {2000},
+        "physionet-e": {2000},
     }
 
 

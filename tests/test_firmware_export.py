@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +26,11 @@ from edge.errors import ModelError, UsageError
 from edge.interpreter import input_multiplier
 from edge.model_meta import read_model_meta
 from edge.screening import PACKAGED_MODEL
-from edge.spec import FeatureSpec
+from edge.spec import NORMALISATIONS, FeatureSpec
 from edge.tables import tables_for
 from firmware_bridge import build
 from firmware_bridge.export import ARENA_MARGIN, export_firmware
+from firmware_bridge.tables_header import render_header
 
 ARM_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
 _DEFINE = re.compile(r"^#define (\w+) (.+?) /\*", re.MULTILINE)
@@ -116,6 +119,31 @@ def test_exported_sources_compile(exported, compiler, tmp_path):
     for cmd in jobs:
         proc = subprocess.run([*build.NICE, *cmd], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "arm-none-eabi-gcc"])
+def test_front_end_and_device_loop_compile_for_every_normalisation(exported, compiler,
+                                                                    tmp_path):
+    """A model of another spec exports other tables: the front end and the device loop
+    build with -Werror for every HS_NORMALISE, the per-recording modes too (their
+    statistics live in the device's session; nothing assumes a per-window mode)."""
+    spec = read_model_meta(PACKAGED_MODEL.read_bytes()).spec
+    arch = list(ARM_FLAGS) if compiler.startswith("arm") else []
+    for mode in NORMALISATIONS:
+        src = tmp_path / mode
+        src.mkdir()
+        for path in (exported / "src").iterdir():
+            if path.suffix in (".c", ".h"):
+                shutil.copy(path, src / path.name)
+        tables = render_header(replace(spec, normalise=mode))
+        (src / "hs_mfcc_tables.h").write_text(tables)
+        assert f"#define HS_NORMALISE ({NORMALISATIONS.index(mode)})" in tables
+        for name in ("hs_mfcc.c", "hs_device.c"):
+            cmd = [compiler, *arch, "-std=c99", "-Wall", "-Wextra", "-Werror", "-Os", "-c",
+                   str(src / name), "-o", str(src / f"{name}.o")]
+            proc = subprocess.run([*build.NICE, *cmd], capture_output=True, text=True,
+                                  timeout=300)
+            assert proc.returncode == 0, f"{mode}: {' '.join(cmd)}\n{proc.stderr[-2000:]}"
 
 
 def test_platformio_project_is_consistent(exported):

@@ -7,11 +7,16 @@ host client over a pseudo-terminal: on the host build, and on QEMU's mps2-an386 
 CMSDK UART on ``-serial pty``. Its features must equal the Python front end's bit for bit,
 its int8 scores the TFLite Micro Python interpreter's, and its decision
 ``heartsound screen``'s. Every wait is bounded; QEMU and the host app are killed at the end.
+
+A second model, whose spec normalises by the running statistics of the recording
+(``rec_mvn``), goes through the same path (export, host build, Cortex-M4 build on QEMU)
+and through the emulator: nothing on the device may assume a per-window normalisation.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +27,14 @@ from edge.audio import read_wav
 from edge.cli import main
 from edge.mfcc import mfcc, windows
 from edge.screening import PACKAGED_MODEL, Screener
+from edge.spec import DEFAULT_SPEC
 from firmware_bridge import build
 from firmware_bridge import protocol as p
 from firmware_bridge.client import DeviceClient, screen_pcm
-from firmware_bridge.emulator import Device, TflmModel
+from firmware_bridge.emulator import Device, Emulator, TflmModel
 from firmware_bridge.model_cost import model_macs
-from firmware_bridge.serve import serve_qemu, session_figures
+from firmware_bridge.serve import serve_host, serve_qemu, session_figures
+from tests.mfcc_recordings import load, sample
 from tests.protocol_errors import check_protocol_errors
 from tests.test_serial_client import SOURCES
 
@@ -214,3 +221,80 @@ def test_size_report_of_the_serving_app(m4_build, qemu_fw):
     rest = parts["alignment, merged strings"]
     assert abs(rest["flash"]) < 1024 and abs(rest["ram"]) < 1024
     assert report.flash <= FLASH_TARGET and report.ram <= RAM_TARGET
+
+
+# ---- a model normalised by the recording (rec_mvn) ---------------------------------------
+REC_SPEC = replace(DEFAULT_SPEC, normalise="rec_mvn").validate()
+
+
+@pytest.fixture(scope="module")
+def rec_model(data_root) -> bytes:
+    """An untrained CNN (bit parity needs no training) in full int8 whose metadata spec
+    is rec_mvn, calibrated on real rec_mvn windows (int16 values as the model reads them):
+    what a model trained with ``--spec normalise=rec_mvn`` exports."""
+    from convert.metadata import add_metadata, build_document
+    from convert.quantize import to_int8
+    from train.models import build_model
+
+    calibration = np.concatenate([windows(mfcc(load(path), REC_SPEC), REC_SPEC)
+                                  for _source, path in sample(data_root)[::2]])
+    model = to_int8(build_model("cnn"), calibration.astype(np.float32), spec=REC_SPEC,
+                    architecture="cnn")
+    return add_metadata(model, build_document(model, spec=REC_SPEC,
+                                              class_names=("normal", "abnormal"),
+                                              threshold=0.5, architecture="cnn"))
+
+
+def _built_and_served(target: str, model: bytes, folder: Path, serve):
+    """The app built for ``target`` around ``model``, served until the module ends."""
+    executable = build.build_app(target, model, folder, arena_size=None).executable
+    with serve(executable) as fw:
+        yield fw
+
+
+@pytest.fixture(scope="module")
+def rec_host_fw(rec_model, tmp_path_factory):
+    yield from _built_and_served(build.HOST, rec_model, tmp_path_factory.mktemp("fw-host-rec"),
+                                 serve_host)
+
+
+@pytest.fixture(scope="module")
+def rec_qemu_fw(rec_model, tmp_path_factory):
+    yield from _built_and_served(build.CORTEX_M4, rec_model,
+                                 tmp_path_factory.mktemp("fw-m4-rec"), serve_qemu)
+
+
+def check_rec_bit_exact(port: str, pcm: np.ndarray, model: bytes, timeout: float):
+    """Features of a rec_mvn device == edge.mfcc.windows (statistics of the recording up
+    to each window's end), scores == the TFLite Micro Python interpreter's."""
+    feats = windows(mfcc(pcm, REC_SPEC), REC_SPEC)
+    tflm = TflmModel(model)
+    scores = np.stack([tflm.scores(w) for w in feats])
+    with DeviceClient(port, timeout=timeout) as client:
+        assert client.identify().spec_sha256_prefix == p.spec_digest(REC_SPEC)
+        run = client.run(pcm, features=True)
+    assert run.done.windows == len(feats) > 0
+    np.testing.assert_array_equal(run.features, feats)
+    np.testing.assert_array_equal(run.scores, scores)
+    assert run.stats.retransmissions == run.stats.bad_frames == 0
+    return run
+
+
+def test_rec_mvn_model_on_the_host_firmware_and_the_emulator(data_root, rec_model,
+                                                              rec_host_fw):
+    """Whole recordings (the statistics grow over dozens of windows), a session after
+    another (START resets them): the host firmware, the emulator and Python agree."""
+    picks = [sorted(data_root.glob(SOURCES[s]))[3] for s in ("pascal_b", "physionet_a")]
+    with Emulator(rec_model) as emu:
+        for path in picks + picks[:1]:
+            pcm = read_wav(path, RATE)
+            device = check_rec_bit_exact(rec_host_fw.port, pcm, rec_model, timeout=2.0)
+            emulated = check_rec_bit_exact(emu.port, pcm, rec_model, timeout=2.0)
+            assert device.done == emulated.done, path.name
+
+
+def test_rec_mvn_model_on_qemu_is_bit_exact(rec_model, rec_qemu_fw):
+    """The Cortex-M4 build: int64 statistics, libgcc's 64-bit division, the integer
+    square root."""
+    check_rec_bit_exact(rec_qemu_fw.port, read_wav(EXAMPLE, RATE), rec_model,
+                        timeout=QEMU_TIMEOUT_S)

@@ -37,6 +37,7 @@ SOURCES = {
     "physionet-a": ("physionet2016/training-a", "a*.wav"),
     "physionet-b": ("physionet2016/training-b", "b*.wav"),
     "physionet-d": ("physionet2016/training-d", "d*.wav"),
+    "physionet-e": ("physionet2016/training-e", "e*.wav"),
 }
 
 

@@ -22,7 +22,7 @@ from edge.mfcc import MfccStream, mfcc, windows
 from edge.mfcc_reference import mfcc_reference
 from edge.spec import DEFAULT_SPEC, FeatureSpec
 from edge.tables import LOG_TABLE_BITS, LOG_TABLE_Q, tables_for
-from tests.mfcc_recordings import load, sample
+from tests.mfcc_recordings import SOURCES, load, sample
 
 SPEC = DEFAULT_SPEC
 MIN_SNR_DB = 70.0        # measured 75-82 dB on the sample; the issue's target is 50
@@ -75,7 +75,7 @@ def test_error_against_float64_on_every_source(data_root: Path) -> None:
         assert snr >= MIN_SNR_DB, f"{path.name}: SNR {snr:.1f} dB"
         assert worst <= MAX_ABS_ERR_LSB, f"{path.name}: max error {worst:.2f} LSB"
         seen.add(source)
-    assert len(seen) == 5
+    assert seen == set(SOURCES)
 
 
 def test_other_spec_with_zero_padding_and_4khz(data_root: Path) -> None:
@@ -233,3 +233,76 @@ def test_normalised_windows_do_not_depend_on_gain(data_root: Path) -> None:
     assert raw_shift > 2000
     diff = np.abs(windows(mfcc(x)).astype(np.int64) - windows(mfcc(quiet))).mean()
     assert diff < 0.01 * raw_shift
+
+
+# ---- per-recording normalisation ---------------------------------------------------------
+REC_MEAN = dataclasses.replace(SPEC, normalise="rec_mean")
+REC_MVN = dataclasses.replace(SPEC, normalise="rec_mvn")
+
+
+def test_isqrt_is_the_exact_floor() -> None:
+    rng = np.random.default_rng(3)
+    values = np.concatenate([np.arange(2000), rng.integers(0, 1 << 62, 20000),
+                             [(1 << 62), (1 << 62) - 1, (1 << 31) ** 2 - 1, (1 << 31) ** 2]])
+    got = edge.fixed_point.isqrt(values.astype(np.int64))
+    assert [math.isqrt(int(v)) for v in values] == got.tolist()
+
+
+@pytest.mark.parametrize("spec", [REC_MEAN, REC_MVN], ids=lambda s: s.normalise)
+def test_recording_normalisation_matches_float_on_every_source(data_root: Path,
+                                                                spec: FeatureSpec) -> None:
+    """Window j, against float64 statistics of frames [0, end of window j)."""
+    size, hop = spec.frames_per_window, spec.window_hop_frames
+    for _source, path in sample(data_root):
+        feats = mfcc(load(path), spec)
+        wins = windows(feats, spec)
+        assert wins.dtype == np.int16 and len(wins) == len(windows(feats, SPEC))
+        for j in range(len(wins)):
+            seen = feats[: j * hop + size].astype(np.float64)
+            ref = feats[j * hop: j * hop + size] - seen.mean(axis=0)
+            tolerance = 1.0  # the floor of the mean, then rounding
+            if spec.normalise == "rec_mvn":
+                sd = np.maximum(seen.std(axis=0), edge.mfcc.SD_FLOOR)
+                ref = ref / sd * (1 << spec.out_frac_bits)
+                # the mean's floor in SD units, and the floor of the SD
+                tolerance = 1.0 + (1 << spec.out_frac_bits) / sd + np.abs(ref) / (sd - 1)
+            assert (np.abs(wins[j] - ref) <= tolerance).all(), (path.name, j)
+
+
+@pytest.mark.parametrize("spec", [REC_MEAN, REC_MVN], ids=lambda s: s.normalise)
+def test_a_window_depends_only_on_what_was_heard_before_its_end(data_root: Path,
+                                                                 spec: FeatureSpec) -> None:
+    """What makes it streamable: cutting the recording short changes no earlier window."""
+    feats = mfcc(load(sample(data_root)[4][1]), spec)
+    whole = windows(feats, spec)
+    for end in (spec.frames_per_window, spec.frames_per_window + 30, feats.shape[0] - 7):
+        part = windows(feats[:end], spec)
+        np.testing.assert_array_equal(part, whole[: len(part)])
+
+
+def test_offset_windows_keep_the_statistics_from_the_first_frame(data_root: Path) -> None:
+    """Training's random phase moves the windows, not the start of the statistics."""
+    feats = mfcc(load(sample(data_root)[2][1]), REC_MVN)
+    hop = REC_MVN.window_hop_frames
+    shifted = windows(feats, REC_MVN, offset=hop)
+    np.testing.assert_array_equal(shifted, windows(feats, REC_MVN)[1:])
+
+
+def test_recording_mvn_does_not_depend_on_gain(data_root: Path) -> None:
+    x = load(sample(data_root)[7][1])
+    quiet = (x >> 2).astype(np.int16)
+    diff = np.abs(windows(mfcc(x, REC_MVN), REC_MVN).astype(np.int64)
+                  - windows(mfcc(quiet, REC_MVN), REC_MVN)).mean()
+    assert diff < 0.05 * (1 << REC_MVN.out_frac_bits)  # under 5 % of one SD (measured 3.4 %)
+
+
+def test_statistics_stop_at_the_cap_and_silence_gives_zeros() -> None:
+    rng = np.random.default_rng(5)
+    cap = edge.mfcc.STATS_MAX_FRAMES
+    feats = rng.integers(-3000, 3000, (cap + 300, 2)).astype(np.int16)
+    n, s, q = edge.mfcc.recording_stats(feats, np.array([100, cap, cap + 300]))
+    assert n.tolist() == [100, cap, cap]
+    np.testing.assert_array_equal(s[2], feats[:cap].astype(np.int64).sum(axis=0))
+    np.testing.assert_array_equal(q[1], q[2])
+    silent = np.full((200, REC_MVN.n_ceps), -1234, dtype=np.int16)
+    assert not windows(silent, REC_MVN).any()

@@ -38,6 +38,7 @@ SOURCES = {  # source -> (folder under the data root, files sampled, their rate)
     "physionet_a": ("physionet2016/training-a", 4, 2000),
     "physionet_b": ("physionet2016/training-b", 4, 2000),
     "physionet_d": ("physionet2016/training-d", 4, 2000),
+    "physionet_e": ("physionet2016/training-e", 4, 2000),
 }
 
 

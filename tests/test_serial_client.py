@@ -49,6 +49,7 @@ SOURCES = {
     "physionet_a": "physionet2016/training-a/*.wav",
     "physionet_b": "physionet2016/training-b/*.wav",
     "physionet_d": "physionet2016/training-d/*.wav",
+    "physionet_e": "physionet2016/training-e/*.wav",
 }
 RATE = 2000
 FAULT_TIMEOUT_S = 0.3

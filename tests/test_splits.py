@@ -13,11 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.errors import DataError, UsageError
+from tests.data_sources import PHYSIONET, SOURCES
 from train.datasets import CONDITION, SCREENING, LabelSet, Recording, load_records
 from train.splits import SPLITS, group_stratum, leave_one_database_out, split_groups, split_id
 
-PHYSIONET = ("physionet-a", "physionet-b", "physionet-d")
-SOURCES = ("pascal-a", "pascal-b", *PHYSIONET)
 # per source, a split's share of recordings may miss its target by this much
 SHARE_TOLERANCE = 0.12
 

@@ -28,13 +28,14 @@ import pytest
 from edge.cli import main
 from edge.errors import DeviceError, SpecError, UsageError
 from edge.spec import DEFAULT_SPEC
+from tests.data_sources import SOURCES
 from train.sweep_spec import SWEEP_HELP, load_sweep, parse_sweep
 from train.sweep_summary import build_summary, render_table
 from train.sweep_trial import TrialSetup, error_text, run_trial, trial_config
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "sweep.yaml"
-SOURCES = {"pascal-a", "pascal-b", "physionet-a", "physionet-b", "physionet-d"}
+
 LIMIT = 10  # recordings per source: every source and class in every split, seconds to train
 SWEEP_TIMEOUT_S = 400
 UNREACHABLE_S = 10.0
@@ -287,7 +288,7 @@ def test_both_trials_are_ordinary_run_folders(real_sweep):
             assert (folder / name).is_file(), f"{folder}/{name}"
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["config"]["seed"] == trial["params"]["seed"]
-        assert set(metrics["data"]["counts"]["test"]) == SOURCES
+        assert set(metrics["data"]["counts"]["test"]) == set(SOURCES)
     assert (out / "sweep_summary.csv").read_text().count("\n") == 3
 
 

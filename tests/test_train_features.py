@@ -11,6 +11,7 @@ import train.features as features
 from edge.audio import read_wav
 from edge.mfcc import fill_window, mfcc, windows
 from edge.spec import DEFAULT_SPEC
+from tests.data_sources import SOURCES
 from train.augment import AugmentConfig, draw_variants, noise_bank, speed_rates
 from train.datasets import SCREENING, load_records
 from train.features import (
@@ -20,8 +21,6 @@ from train.features import (
     extract_all,
     recording_windows,
 )
-
-SOURCES = ("pascal-a", "pascal-b", "physionet-a", "physionet-b", "physionet-d")
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,8 @@ def _data_args(data_root: Path) -> list[str]:
     (["n_mels=12", "n_ceps=16"], SpecError.exit_code, ["n_mels=12", "n_ceps=16", "1..n_mels"]),
     (["hop_length=60"], SpecError.exit_code, ["hop_length=60", "window_hop_s"]),
     (["n_fft=100"], SpecError.exit_code, ["n_fft=100", "power of two"]),
-    (["normalise=mean"], SpecError.exit_code, ["normalise=mean", "none, c0, cmn"]),
+    (["normalise=mean"], SpecError.exit_code,
+     ["normalise=mean", "none, c0, cmn, rec_mean, rec_mvn"]),
 ])
 def test_bad_items_are_one_line_naming_the_item(items, code, names, tmp_path, capsys):
     out = tmp_path / "run"

@@ -29,11 +29,12 @@ from tests.convert_run import (
     small_run,
     stderr_lines,
 )
+from tests.data_sources import SOURCES
 from train.datasets import SCREENING, load_records
 from train.features import IDENTITY, FeatureCache, extract_all, recording_windows
+from train.targets import release_checks
 
 pytestmark = pytest.mark.slow
-SOURCES = {"pascal-a", "pascal-b", "physionet-a", "physionet-b", "physionet-d"}
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,25 @@ def test_exit_status_follows_the_requirements(verified):
         assert f"{'PASS' if r['ok'] else 'FAIL'}  {r['name']}" in proc.stdout
 
 
+def test_targets_flag_is_a_release_check(model, run, data_root, tmp_path):
+    """--targets prints every target with its figure and exits 1 when any is missed,
+    as the run's metrics and the verification report say (a 1-epoch model misses)."""
+    out = tmp_path / "report.json"
+    proc = heartsound("verify", model, "--run", run, "--json", out, "--cache", cache_of(run),
+                      "--targets", "--no-tflite-runtime", *data_args(data_root))
+    report = json.loads(out.read_text())
+    checks = release_checks(json.loads((run / "metrics.json").read_text()), report)
+    assert report["pass"], report["reason"]
+    missed = [name for name, (ok, _) in checks.items() if not ok]
+    assert "test physionet-a" in checks and "model <= 64 KB" in checks
+    for name, (ok, figure) in checks.items():
+        assert f"{'MET ' if ok else 'MISS'} {name}: {figure}" in proc.stdout
+    assert proc.returncode == (1 if missed else 0)
+    if missed:
+        lines = stderr_lines(proc)
+        assert len(lines) == 1 and missed[0] in lines[0] and "targets missed" in lines[0]
+
+
 def test_window_and_recording_counts_are_the_val_and_test_recordings(verified, eval_windows):
     _, report = verified
     assert report["data"]["windows"]["total"] == sum(len(w) for w in eval_windows.values())
@@ -92,11 +112,11 @@ def test_window_and_recording_counts_are_the_val_and_test_recordings(verified, e
     assert sorted(r["name"] for r in report["recordings"]) == sorted(eval_windows)
     assert {r["name"]: r["windows"] for r in report["recordings"]} == \
         {n: len(w) for n, w in eval_windows.items()}
-    assert set(report["data"]["sources"]) == SOURCES
+    assert set(report["data"]["sources"]) == set(SOURCES)
     for key in ("litert_device_vs_tflm", "litert_optimised_vs_tflm"):
         parity = report["parity"][key]
         assert parity["windows"] == report["data"]["windows"]["total"]
-        assert set(parity["by_source"]) == SOURCES
+        assert set(parity["by_source"]) == set(SOURCES)
 
 
 def test_cnn_outputs_of_tflite_micro_equal_the_devices_litert(verified):
@@ -115,7 +135,7 @@ def test_int8_and_tflm_scores_recomputed_on_one_recording_per_source(verified, e
     picked = {}
     for r in report["recordings"]:
         picked.setdefault(r["source"], r["name"])
-    assert set(picked) == SOURCES
+    assert set(picked) == set(SOURCES)
     clf = Classifier(model)
     data = model.read_bytes()
     normal = report["class_names"].index("normal")

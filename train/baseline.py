@@ -15,8 +15,9 @@ import numpy as np
 
 from edge.benchmark import timings_ms, window_audio
 from edge.errors import ModelError, UsageError
+from edge.mfcc import SD_FLOOR, STATS_MAX_FRAMES
 from edge.mfcc_reference import mfcc_reference
-from edge.spec import FeatureSpec
+from edge.spec import RECORDING_NORMALISATIONS, FeatureSpec
 
 MODEL_FILE = "model.keras"
 SPEC_FILE = "spec.json"
@@ -31,9 +32,23 @@ def float_windows(features: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     n_win = 1 + (features.shape[0] - size) // hop
     view = np.lib.stride_tricks.sliding_window_view(features, size, axis=0)
     wins = view[: n_win * hop : hop].transpose(0, 2, 1).astype(np.float64)
+    if spec.normalise in RECORDING_NORMALISATIONS:
+        return _by_recording(features.astype(np.float64), wins, spec)
     if spec.normalise != "none":
         cols = 1 if spec.normalise == "c0" else spec.n_ceps
         wins[:, :, :cols] -= wins[:, :, :cols].mean(axis=1, keepdims=True)
+    return wins
+
+
+def _by_recording(features: np.ndarray, wins: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """The running statistics of edge.mfcc.normalise_by_recording, in float."""
+    ends = np.minimum(spec.frames_per_window + spec.window_hop_frames * np.arange(len(wins)),
+                      STATS_MAX_FRAMES)
+    for j, end in enumerate(ends):
+        heard = features[:end]
+        wins[j] -= heard.mean(axis=0)
+        if spec.normalise == "rec_mvn":
+            wins[j] *= (1 << spec.out_frac_bits) / np.maximum(heard.std(axis=0), SD_FLOOR)
     return wins
 
 

@@ -270,9 +270,8 @@ def _progress(total: int, enabled: bool, desc: str):
 
 def recording_windows(feats: np.ndarray, spec: FeatureSpec, offset: int = 0) -> np.ndarray:
     """(n_windows, frames_per_window, n_ceps) int16 via edge.mfcc.windows, from frame
-    ``offset`` on (the per-epoch time shift); an offset that would leave no window is 0."""
+    ``offset`` on (the per-epoch time shift; a per-recording normalisation still counts
+    from the first frame, as the device does); an offset that would leave no window is 0."""
     if feats.shape[0] - offset < spec.frames_per_window:
         offset = 0
-    if feats.shape[0] < spec.frames_per_window:
-        return np.zeros((0, spec.frames_per_window, spec.n_ceps), dtype=np.int16)
-    return windows(np.ascontiguousarray(feats[offset:]), spec)
+    return windows(np.ascontiguousarray(feats), spec, offset)

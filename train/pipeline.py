@@ -32,15 +32,13 @@ from edge.errors import DataError, UsageError
 from edge.quality import MIN_SECONDS
 from edge.spec import FeatureSpec
 from train.datasets import LabelSet, Recording
-from train.evaluate import evaluate_groups, meets
+from train.evaluate import evaluate_groups
 from train.features import FeatureCache, spec_hash
 from train.splits import DEFAULT_FRACTIONS, leave_one_database_out, split_groups, split_id
+from train.targets import training_targets
 from train.trainer import Outcome, TrainConfig, train_and_evaluate
 
 METRICS_FORMAT = "heartsound-train-metrics/1"
-TARGET_TEST_MACC = 0.80
-TARGET_TEST_SE = 0.85
-TARGET_LODO_MACC = 0.70
 LODO_PREFIX = "physionet-"
 RUN_MARKERS = ("metrics.json", "model.json", "spec.json")
 MIN_PER_LABEL = 4
@@ -259,34 +257,16 @@ def _metrics(request: RunRequest, records, splits, outcome: Outcome, lodo: dict,
                    "lodo_seconds": {k: v["seconds"] for k, v in lodo.items()}},
         "environment": _environment(),
     }
-    metrics["targets"] = targets(metrics)
+    metrics["targets"] = training_targets(metrics)
     return metrics
-
-
-def targets(metrics: dict) -> dict:
-    """The issue's targets against this run's figures (None: not measurable here)."""
-    rec = metrics["test"]["recording"]
-    datasets = [k for k in ("pascal", "physionet2016") if k in rec] or ["overall"]
-    out = {"test_macc": TARGET_TEST_MACC, "test_se": TARGET_TEST_SE,
-           "lodo_macc": TARGET_LODO_MACC, "checks": {}, "figures": {}}
-    measured = {f"test {name}": rec[name] for name in datasets}
-    measured |= {f"lodo {name}": res["test"][name]
-                 for name, res in (metrics.get("lodo") or {}).items()}
-    for check, result in measured.items():
-        lodo = check.startswith("lodo ")
-        out["checks"][check] = meets(result, TARGET_LODO_MACC if lodo else TARGET_TEST_MACC,
-                                     None if lodo else TARGET_TEST_SE)
-        out["figures"][check] = {"macc": result["macc"], "se": result["se"],
-                                 "macc_ci95": (result.get("ci95") or {}).get("macc"),
-                                 "macc_best": result.get("macc_best")}
-    return out
 
 
 def _describe_data(records, ls: LabelSet) -> str:
     sources = sorted({r.source for r in ls.select(records)})
     return (f"Real recordings from {', '.join(sources)}: PASCAL Classifying Heart Sounds "
             "(set A: iStethoscope iPhone app, public; set B: DigiScope, hospital in Recife) "
-            "and PhysioNet/CinC 2016 training databases (a: MITHSDB, b: AADHSDB, d: UHAHSDB). "
+            "and PhysioNet/CinC 2016 training databases (a: MITHSDB, b: AADHSDB, d: UHAHSDB, "
+            "e: DLUTHSDB). "
             "All resampled by the device's integer resampler to the front end's rate.")
 
 

@@ -1,7 +1,9 @@
 """`heartsound verify MODEL --run RUN_DIR`: int8 vs float vs TFLite Micro on real recordings.
 
 Prints a table and writes the JSON report (default: beside the model, ``<model>.verify.json``);
-exits 1 with a one-line reason when a requirement fails (see :mod:`convert.verify`).
+exits 1 with a one-line reason when a requirement fails (see :mod:`convert.verify`). With
+``--targets`` it is the release check: the project's accuracy and device targets
+(:mod:`train.targets`) are printed too, and any one missed exits 1.
 Nothing heavy is imported at module level: TensorFlow only loads inside :func:`run`.
 """
 
@@ -37,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip tflite-runtime 2.14 even when .venv-tflrt exists")
     parser.add_argument("--no-arena", action="store_true",
                         help="skip the size report's TFLite Micro arena search")
+    parser.add_argument("--targets", action="store_true",
+                        help="release check: also check the project's targets (per-database "
+                        "test MAcc and Se, leave-one-database-out MAcc, int8 within 0.5 "
+                        "points of float, model and arena size, training time) and exit 1 "
+                        "if any is missed")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,4 +74,22 @@ def run(args: argparse.Namespace) -> int:
     if not report["pass"]:
         print(f"heartsound: verification failed: {report['reason']}", file=sys.stderr)
         return 1
+    if args.targets:
+        return _check_targets(run_folder.metrics, report)
+    return 0
+
+
+def _check_targets(metrics: dict, report: dict) -> int:
+    """Print every target with its figure; 1 when any is missed (a release check)."""
+    from train.targets import release_checks
+
+    checks = release_checks(metrics, report)
+    for name, (ok, figure) in checks.items():
+        print(f"  {'MET ' if ok else 'MISS'} {name}: {figure}")
+    missed = [name for name, (ok, _) in checks.items() if not ok]
+    if missed:
+        print(f"heartsound: {len(missed)} of {len(checks)} targets missed (first: {missed[0]}); "
+              "the model is not ready for release", file=sys.stderr)
+        return 1
+    print(f"targets: all {len(checks)} met")
     return 0

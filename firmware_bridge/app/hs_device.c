@@ -49,6 +49,7 @@ typedef struct {
     int32_t score_sums[HS_MODEL_N_CLASSES];
     double prob_sums[HS_MODEL_N_CLASSES]; /* sum over windows of the dequantised scores */
     hs_mfcc_stream stream;
+    hs_mfcc_stats stats;        /* every frame of the recording so far (rec_* modes) */
     int16_t ring[HS_FRAMES_PER_WINDOW][HS_N_CEPS]; /* last frames; oldest at ring_head */
     uint32_t ring_head;
     uint32_t frames_seen;
@@ -120,7 +121,8 @@ static void quantise_window(const int16_t *window, int8_t *out)
     }
 }
 
-/* Copy the ring in time order, normalise, quantise, invoke; scores in out. */
+/* Copy the ring in time order, normalise (per window, or by the recording's statistics
+ * up to this window's last frame), quantise, invoke; scores in out. */
 static int score_window(int8_t *out)
 {
     session_t *s = &s_session;
@@ -132,7 +134,7 @@ static int score_window(int8_t *out)
         memcpy(&s_window[r * HS_N_CEPS], s->ring[(s->ring_head + r) % HS_FRAMES_PER_WINDOW],
                sizeof s->ring[0]);
     }
-    hs_mfcc_normalise_window(s_window); /* int16 q8.7, c0 (or every cepstrum) centred */
+    hs_mfcc_normalise_window(s_window, &s->stats); /* int16 q8.7, per HS_NORMALISE */
     if (input == NULL || len != WINDOW_VALUES) return -1;
     quantise_window(s_window, input);
     if (hs_model_reset() != HS_MODEL_OK) return -1;
@@ -149,11 +151,13 @@ static int score_window(int8_t *out)
     return 0;
 }
 
-/* One new feature row; 1 when it completes a window (window j ends at frame
- * HS_FRAMES_PER_WINDOW + j * HS_WINDOW_HOP_FRAMES, as emulator.WindowCutter). */
+/* One new feature row, counted into the recording statistics and kept in the ring; 1
+ * when it completes a window (window j ends at frame HS_FRAMES_PER_WINDOW + j *
+ * HS_WINDOW_HOP_FRAMES, as emulator.WindowCutter). */
 static int push_row(const int16_t *row)
 {
     session_t *s = &s_session;
+    hs_mfcc_stats_push(&s->stats, row);
     if (s->frames_seen < HS_FRAMES_PER_WINDOW) {
         memcpy(s->ring[s->frames_seen], row, sizeof s->ring[0]);
     } else {
@@ -217,6 +221,7 @@ static fault_t on_start(const hs_proto_frame *f, uint8_t *type, size_t *len)
     memset(&s_session, 0, sizeof s_session);
     memset(&s_stats, 0, sizeof s_stats); /* figures per session */
     hs_mfcc_stream_init(&s_session.stream);
+    hs_mfcc_stats_init(&s_session.stats);
     s_session.active = 1u;
     s_session.features = (uint8_t)(start.flags & HS_PROTO_FLAG_FEATURES);
     s_session.expected = start.expected_samples;

@@ -3,7 +3,9 @@
  * Bytes from the serial channel in, answers out through hs_serial_write (platform.h). In
  * between: the COBS/CRC decoder (hs_proto), the streaming fixed-point front end (hs_mfcc,
  * one push per AUDIO chunk),
- * a ring of the last HS_FRAMES_PER_WINDOW feature rows, the per-window normalisation, the
+ * a ring of the last HS_FRAMES_PER_WINDOW feature rows, the running statistics of every
+ * row of the recording (hs_mfcc_stats, 216 bytes for 13 cepstra), the normalisation of
+ * HS_NORMALISE (per window, or by those statistics at the window's last row), the
  * integer int8 input quantisation of edge.interpreter.quantise_features, and the model
  * (model_runner.h). It is the C twin of firmware_bridge/emulator.py's Device and gives
  * the same bytes for the same requests.

@@ -201,28 +201,145 @@ size_t hs_mfcc_stream_push(hs_mfcc_stream *st, const int16_t *pcm, size_t n, int
     return frames;
 }
 
+/* ---- normalisation ------------------------------------------------------------------- */
+#define HS_NORM_NONE 0
+#define HS_NORM_C0 1
+#define HS_NORM_CMN 2
+#define HS_NORM_REC_MEAN 3
+#define HS_NORM_REC_MVN 4
+
+#if HS_NORMALISE < HS_NORM_NONE || HS_NORMALISE > HS_NORM_REC_MVN
+#error "HS_NORMALISE is a mode this front end does not know: regenerate hs_mfcc_tables.h"
+#endif
+#if HS_STATS_MAX_FRAMES > 65535
+#error "more than 65535 frames in the statistics overflow n * Q and S * S (int64)"
+#endif
+#if HS_OUT_FRAC_BITS > 10
+#error "rec_mvn's numerator 2 (x - mean) 2^HS_OUT_FRAC_BITS + sd must fit int32"
+#endif
+
 /* Floor division, as numpy's // (C's / truncates toward zero). */
 static int32_t floor_div(int32_t a, int32_t b)
 {
     int32_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
+    return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
 }
 
-void hs_mfcc_normalise_window(int16_t *window)
+/* The same for int64 (on Cortex-M4 a libgcc call: no 64-bit divide instruction). */
+static int64_t floor_div64(int64_t a, int64_t b)
 {
-    const int cols = HS_NORMALISE == 0 ? 0 : (HS_NORMALISE == 1 ? 1 : HS_N_CEPS);
+    int64_t q = a / b;
+    return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+/* floor(sqrt(v)), exact: one result bit per step from the top (no float on the device;
+ * edge.fixed_point.isqrt is the same loop). v < 2^62 here, so the result is < 2^31. */
+static uint32_t isqrt64(uint64_t v)
+{
+    uint64_t root = 0;
+    uint64_t bit = (uint64_t)1 << 62; /* the highest power of 4 a uint64 holds */
+    while (bit > v) {
+        bit >>= 2;
+    }
+    while (bit != 0u) {
+        if (v >= root + bit) {
+            v -= root + bit;
+            root = (root >> 1) + bit;
+        } else {
+            root >>= 1;
+        }
+        bit >>= 2;
+    }
+    return (uint32_t)root;
+}
+
+static int16_t saturate16(int32_t v)
+{
+    return (int16_t)(v < HS_INT16_MIN ? HS_INT16_MIN : (v > HS_INT16_MAX ? HS_INT16_MAX : v));
+}
+
+void hs_mfcc_stats_init(hs_mfcc_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+}
+
+void hs_mfcc_stats_push(hs_mfcc_stats *st, const int16_t *row)
+{
+    int c;
+    if (st->n >= HS_STATS_MAX_FRAMES) {
+        return; /* the cap keeps n * Q and S * S in int64: later frames are not counted */
+    }
+    for (c = 0; c < HS_N_CEPS; c++) {
+        const int32_t x = row[c];
+        st->sum[c] += x;
+        st->sumsq[c] += (int64_t)(x * x); /* x * x <= 2^30 fits int32 */
+    }
+    st->n++;
+}
+
+/* c0 (cols 1) or every cepstrum (cols HS_N_CEPS) minus the floor of its window mean. */
+static void centre_window(int16_t *window, int cols)
+{
     int c, f;
     for (c = 0; c < cols; c++) {
-        int32_t sum = 0;
+        int32_t sum = 0; /* |sum| <= HS_FRAMES_PER_WINDOW * 2^15 */
         int32_t mean;
         for (f = 0; f < HS_FRAMES_PER_WINDOW; f++) {
             sum += window[f * HS_N_CEPS + c];
         }
         mean = floor_div(sum, HS_FRAMES_PER_WINDOW);
         for (f = 0; f < HS_FRAMES_PER_WINDOW; f++) {
-            int32_t v = window[f * HS_N_CEPS + c] - mean;
-            v = v < HS_INT16_MIN ? HS_INT16_MIN : (v > HS_INT16_MAX ? HS_INT16_MAX : v);
-            window[f * HS_N_CEPS + c] = (int16_t)v;
+            window[f * HS_N_CEPS + c] = saturate16(window[f * HS_N_CEPS + c] - mean);
         }
+    }
+}
+
+/* Every cepstrum minus the recording's running mean, and for rec_mvn divided by its
+ * running standard deviation (edge.mfcc.normalise_by_recording). */
+static void normalise_by_recording(int16_t *window, const hs_mfcc_stats *st, int mvn)
+{
+    const int64_t n = st->n;
+    int c, f;
+    for (c = 0; c < HS_N_CEPS; c++) {
+        const int64_t s = st->sum[c], q = st->sumsq[c];
+        /* floor(S / n) of int16 values is an int16 */
+        const int32_t mean = (int32_t)floor_div64(s, n);
+        int32_t sd2 = 2; /* 2 sd, sd >= HS_SD_FLOOR when mvn */
+        if (mvn) {
+            /* n Q - S^2 = n^2 var >= 0 (Cauchy-Schwarz), both terms < 2^62 */
+            const int64_t var = floor_div64(n * q - s * s, n * n); /* q(2 HS_OUT_FRAC_BITS) */
+            uint32_t sd = isqrt64((uint64_t)var);                   /* q(HS_OUT_FRAC_BITS) */
+            sd = sd > HS_SD_FLOOR ? sd : HS_SD_FLOOR;               /* sd < 2^16 */
+            sd2 = (int32_t)(2u * sd);
+        }
+        for (f = 0; f < HS_FRAMES_PER_WINDOW; f++) {
+            int32_t d = window[f * HS_N_CEPS + c] - mean; /* |d| < 2^16 */
+            if (mvn) {
+                /* d / sd in Q(HS_OUT_FRAC_BITS), half up; the multiply, not d << k:
+                 * a left shift of a negative value is undefined in C. |.| < 2^28. */
+                d = floor_div(2 * d * (1 << HS_OUT_FRAC_BITS) + sd2 / 2, sd2);
+            }
+            window[f * HS_N_CEPS + c] = saturate16(d);
+        }
+    }
+}
+
+void hs_mfcc_normalise_window(int16_t *window, const hs_mfcc_stats *st)
+{
+    switch (HS_NORMALISE) {
+    case HS_NORM_C0:
+        centre_window(window, 1);
+        break;
+    case HS_NORM_CMN:
+        centre_window(window, HS_N_CEPS);
+        break;
+    case HS_NORM_REC_MEAN:
+    case HS_NORM_REC_MVN:
+        if (st != NULL && st->n > 0u) {
+            normalise_by_recording(window, st, HS_NORMALISE == HS_NORM_REC_MVN);
+        }
+        break;
+    default: /* HS_NORM_NONE */
+        break;
     }
 }

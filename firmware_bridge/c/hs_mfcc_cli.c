@@ -5,8 +5,10 @@
  * Reads raw little-endian int16 PCM from stdin and pushes it through the streaming front
  * end CHUNK samples at a time (default 4096). Writes int16 cepstra to stdout, one frame
  * after another; with "windows", writes the normalised model inputs instead
- * (HS_FRAMES_PER_WINDOW x HS_N_CEPS each). With "bench REPEAT" it runs the input REPEAT
- * times and prints the frames and the elapsed CPU seconds as text. */
+ * (HS_FRAMES_PER_WINDOW x HS_N_CEPS each, in every HS_NORMALISE mode: the per-recording
+ * ones with the statistics of the frames up to each window's end). With "bench REPEAT"
+ * it runs the input REPEAT times and prints the frames and the elapsed CPU seconds as
+ * text. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,11 +26,15 @@ static int16_t s_input[MAX_INPUT];
 
 static size_t s_rows_filled;
 static size_t s_frames_seen;
+static hs_mfcc_stats s_stats; /* every frame so far, as the device keeps them */
 
-/* Keep the last HS_FRAMES_PER_WINDOW frames; emit a window at every window hop. */
+/* Count every frame into the recording statistics and keep the last
+ * HS_FRAMES_PER_WINDOW; emit a window at every window hop, normalised with the
+ * statistics at its last frame (what the device does while it streams). */
 static void window_frame(const int16_t *frame)
 {
     const size_t row = HS_N_CEPS * sizeof(int16_t);
+    hs_mfcc_stats_push(&s_stats, frame);
     if (s_rows_filled == HS_FRAMES_PER_WINDOW) {
         memmove(s_rows, s_rows + HS_N_CEPS, (HS_FRAMES_PER_WINDOW - 1) * row);
         s_rows_filled--;
@@ -39,7 +45,7 @@ static void window_frame(const int16_t *frame)
     if (s_frames_seen >= HS_FRAMES_PER_WINDOW
         && (s_frames_seen - HS_FRAMES_PER_WINDOW) % HS_WINDOW_HOP_FRAMES == 0) {
         memcpy(s_win, s_rows, sizeof(s_win));
-        hs_mfcc_normalise_window(s_win);
+        hs_mfcc_normalise_window(s_win, &s_stats);
         fwrite(s_win, sizeof(int16_t), HS_FRAMES_PER_WINDOW * HS_N_CEPS, stdout);
     }
 }
@@ -49,6 +55,8 @@ static size_t run(const int16_t *pcm, size_t n, size_t chunk, int mode)
     hs_mfcc_stream st;
     size_t done = 0, total = 0;
     hs_mfcc_stream_init(&st);
+    hs_mfcc_stats_init(&s_stats);
+    s_rows_filled = s_frames_seen = 0;
     while (done < n) {
         size_t take = n - done < chunk ? n - done : chunk;
         size_t frames = hs_mfcc_stream_push(&st, pcm + done, take, s_chunk_out);

@@ -34,7 +34,9 @@
 #define HS_MEL_WEIGHTS (94) /* stored mel weights */
 #define HS_FRAMES_PER_WINDOW (74) /* frames per model input */
 #define HS_WINDOW_HOP_FRAMES (25) /* frames between model inputs */
-#define HS_NORMALISE (1) /* 0 none, 1 c0, 2 cmn */
+#define HS_NORMALISE (1) /* 0 none, 1 c0, 2 cmn, 3 rec_mean, 4 rec_mvn */
+#define HS_STATS_MAX_FRAMES (65535) /* frames counted into the recording stats */
+#define HS_SD_FLOOR (16) /* smallest standard deviation divided by (rec_mvn) */
 
 static const int32_t hs_window[HS_FRAME_LENGTH] = {
     0, 646685, 2585180, 5810817, 10315824, 16089348, 23117481, 31383291, 40866865, 51545356,
