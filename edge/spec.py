@@ -34,6 +34,21 @@ source, 55 for PhysioNet d; ``python3 bench/bench_frontend.py --spectra`` reprod
   / 0.64 against 0.73 / 0.71 / 0.55, with the threshold transferring no better.
   Reproduce one with, e.g., ``heartsound train --spec hop_length=40``, or all with
   ``--sweep FILE`` (``spec:``).
+* **Per-recording normalisation: measured, not the default.** ``rec_mean`` and ``rec_mvn``
+  normalise each window by the statistics of the recording heard up to the window's end,
+  the form a microcontroller can stream (216 bytes of state, bit-exact in C). Leave-one-
+  database-out recording AUC a / b / d / e of the CNN, trained 12 epochs on PASCAL and the
+  other three PhysioNet databases without augmented copies, split seed 0: ``c0`` 0.767 /
+  0.597 / 0.730 / 0.331 (training seed 1: 0.768 / 0.626 / 0.634 / 0.486); ``rec_mvn``
+  0.719 / 0.652 / 0.677 / 0.365; the same over the whole recording (not streamable)
+  0.655 / 0.643 / 0.685 / 0.243; ``rec_mean`` over the whole recording 0.606 / 0.680 /
+  0.569 / 0.377. Band-limited to 25-400 Hz (``f_max_hz=400``): ``c0`` 0.725 / 0.474 /
+  0.354 / 0.341, whole-recording ``rec_mvn`` 0.697 / 0.578 / 0.574 / 0.176. On the main
+  split (test MAcc a / b / PASCAL B at the validation threshold) ``c0`` 0.682 / 0.793 /
+  0.668 against whole-recording ``rec_mvn`` 0.556 / 0.526 / 0.577: similar AUC, and a
+  threshold that transfers worse between databases. None beats ``c0`` beyond the seed
+  noise, and every one ranks training-e backwards when it is held out (see the model
+  card). Reproduce with ``heartsound train --lodo --spec normalise=rec_mvn``.
 * **Pre-emphasis 0.95.** Heart-sound spectra fall steeply (above); 0.95 lifts 800 Hz by
   about 26 dB relative to 25 Hz, which keeps the Hann window's leakage from the loud low
   bins out of the murmur bands and leaves the weak high bands more fixed-point headroom.

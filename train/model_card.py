@@ -133,6 +133,22 @@ def _class_section(metrics: Mapping) -> str:
             f"balanced accuracy {_num(cls['balanced_accuracy'])}.\n")
 
 
+DEVICES = {
+    "pascal-a": "the iStethoscope iPhone app (PASCAL A)",
+    "pascal-b": "the DigiScope (PASCAL B)",
+    "physionet-a": "Welch Allyn Meditron (PhysioNet a)",
+    "physionet-b": "3M Littmann E4000 (PhysioNet b)",
+    "physionet-d": "UHA's stethoscope (PhysioNet d)",
+    "physionet-e": "DLUT's stethoscope (PhysioNet e)",
+}
+
+
+def _devices(metrics: Mapping) -> str:
+    """The recording devices of the sources this run trained on, in a sentence."""
+    sources = sorted(metrics["data"]["counts"]["train"])
+    return ", ".join(DEVICES.get(s, s) for s in sources)
+
+
 def render(metrics: Mapping) -> str:
     """The model card as Markdown."""
     rec = metrics["test"]["recording"]
@@ -198,10 +214,8 @@ leave-one-database-out figures below are the honest estimate for a new stethosco
 {_targets_section(metrics)}
 
 ## Known limits
-- Devices: three PhysioNet stethoscopes (Welch Allyn Meditron, 3M Littmann E4000, UHA),
-  the iStethoscope iPhone app (PASCAL A) and the DigiScope (PASCAL B). Other devices,
-  filters or microphones are not covered; see the leave-one-database-out rows for the
-  drop to expect on a new one.
+- Devices: {_devices(metrics)}. Other devices, filters or microphones are not covered;
+  see the leave-one-database-out rows for the drop to expect on a new one.
 - People: adults and children mixed as recorded by the challenges; ages, sex, body habitus
   and recording positions are not annotated, so performance per group is unknown.
 - Conditions: PhysioNet's "abnormal" mixes valve disease and coronary artery disease;

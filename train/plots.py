@@ -57,7 +57,7 @@ def confusion_matrices(panels: Mapping[str, Sequence[Sequence[int]]],
     for ax, name in zip(axes.ravel(), names, strict=False):
         cm = np.asarray(panels[name])
         labels = class_names[name]
-        ax.imshow(cm, cmap="Blues")
+        ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(int(cm.max()), 1))  # equal cells stay legible
         for (i, j), value in np.ndenumerate(cm):
             color = "white" if value > cm.max() / 2 else "black"
             ax.text(j, i, str(value), ha="center", va="center", color=color)
