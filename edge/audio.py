@@ -182,13 +182,12 @@ def _layout(fh, size: int, name: str, allow_truncated: bool) -> _Layout:
     present = size - data_offset
     if data_size > present and not allow_truncated:
         raise _fail(name, f"data chunk truncated: header declares {data_size} bytes, "
-                    f"file holds {present}", "copy the file again, or pass "
-                    "allow_truncated=True to read the whole frames present")
+                    f"file holds {present}", "the copy was cut short: copy the file again "
+                    "from the recorder")
     usable = min(data_size, present)
     if usable % frame_bytes and not allow_truncated:
         raise _fail(name, f"data size {usable} bytes is not a whole number of "
-                    f"{frame_bytes}-byte frames", "the file is damaged; export it again, or "
-                    "pass allow_truncated=True to drop the partial frame")
+                    f"{frame_bytes}-byte frames", "the file is damaged; export it again")
     frames = usable // frame_bytes
     if frames == 0:
         raise _fail(name, "WAV holds no samples (empty data chunk)", "record it again")

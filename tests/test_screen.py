@@ -233,3 +233,11 @@ def _write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
 def test_usage_errors(tmp_path):
     assert _screen(home=tmp_path).returncode == 2
     assert _screen(str(EXAMPLES[0]), "--mic", home=tmp_path).returncode == 2
+
+
+def test_mic_shorter_than_a_window_names_the_shortest_that_works(tmp_path):
+    """Refused before any microphone is opened, with the minimum the user can type."""
+    result = _screen("--mic", "--seconds", "2", home=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "--seconds 3 or more" in result.stderr and "at least 20 s" not in result.stderr

@@ -154,7 +154,8 @@ def _screen_mic(args, screener):
 
     if args.seconds < screener.spec.window_s:
         raise UsageError(f"--seconds {args.seconds:g} is shorter than one analysis window "
-                         f"({screener.spec.window_s:g} s); record at least 20 s")
+                         f"({screener.spec.window_s:g} s); pass --seconds "
+                         f"{screener.spec.window_s:g} or more (20-30 s screens best)")
     device = int(args.device) if args.device and args.device.isdigit() else args.device
     pcm, rate = mic.record(args.seconds, args.rate, device)
     from edge.resample import resample
