@@ -144,3 +144,26 @@ def test_missing_pyaudio_says_what_to_install(tmp_path):
     assert res.returncode == DeviceError.exit_code
     assert "PyAudio" in res.stderr and "pip install" in res.stderr
     assert res.stderr.count("\n") == 1
+
+
+def test_screen_from_the_microphone_logs_no_file_name(tmp_path, recordings):
+    """`heartsound screen --mic` end to end through the ALSA device; the log's schema
+    says file is NULL for the microphone, and so it is."""
+    import sqlite3
+
+    _, raw = recordings["physionet-a"]
+    home = _home_with_device(tmp_path / "home", raw)
+    db = tmp_path / "log.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(home),
+           "HEARTSOUND_HOME": str(home / ".heartsound")}
+    env.pop("HEARTSOUND_MODEL", None)
+    res = subprocess.run([sys.executable, "-m", "edge.cli", "screen", "--mic", "--seconds",
+                          "6", "--rate", "2000", "--device", DEVICE, "--db", str(db),
+                          "--json"], capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    row = json.loads(res.stdout.splitlines()[-1])
+    assert row["decision"] in ("normal", "abnormal", "unsure") and row["file"] == "microphone"
+    with sqlite3.connect(db) as con:
+        files = con.execute("SELECT file, decision FROM screenings").fetchall()
+    assert files == [(None, row["decision"])]

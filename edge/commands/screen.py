@@ -200,7 +200,8 @@ def log_record(args, screener, row: dict, pcm):
         decision=row["decision"], probability=row["probability_abnormal"],
         window_scores=[w["probability_abnormal"] for w in row["windows"]],
         model_sha256=row["model_sha256"], spec_json=screener.spec.to_json(),
-        file=row["file"], patient_id=args.patient,
+        file=None if getattr(args, "mic", False) else row["file"],  # schema: NULL for the mic
+        patient_id=args.patient,
         quality_reason=row["quality"].get("reason"), latency_ms=row["latency_ms"],
         audio=pcm if args.keep_audio else None,
         audio_rate=screener.spec.sample_rate_hz if args.keep_audio else None,
