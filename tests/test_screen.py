@@ -241,3 +241,19 @@ def test_mic_shorter_than_a_window_names_the_shortest_that_works(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "--seconds 3 or more" in result.stderr and "at least 20 s" not in result.stderr
+
+
+def test_a_folder_of_folders_says_how_to_reach_them(tmp_path):
+    """A folder's own files are screened, not its sub-folders: the error says how to."""
+    import shutil
+
+    archive = tmp_path / "archive"
+    (archive / "ward3").mkdir(parents=True)
+    shutil.copy(EXAMPLES[0], archive / "ward3" / EXAMPLES[0].name)
+    result = _screen(str(archive), "--no-log", home=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert f"'{archive}/**/*.wav'" in result.stderr
+    again = _screen(f"{archive}/**/*.wav", "--no-log", "--json", home=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert [row["file"] for row in _json_lines(again)] == [
+        str(archive / "ward3" / EXAMPLES[0].name)]

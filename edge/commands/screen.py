@@ -27,9 +27,10 @@ GLOB_CHARS = "*?["
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="*", type=Path, metavar="WAV",
-                        help="recordings to screen: WAV files, folders of them or glob "
-                        "patterns such as 'archive/**/*.wav' (any rate, 8/16/24/32-bit or "
-                        "float, mono or multichannel)")
+                        help="recordings to screen: WAV files, folders of them (the "
+                        "folder's own files, not its sub-folders') or glob patterns such as "
+                        "'archive/**/*.wav', which also reaches sub-folders (any rate, "
+                        "8/16/24/32-bit or float, mono or multichannel)")
     parser.add_argument("--mic", action="store_true",
                         help="record from the microphone instead of reading files")
     parser.add_argument("--seconds", type=float, default=MIC_DEFAULT_SECONDS,
@@ -132,7 +133,8 @@ def _wav_files(paths: list[Path]) -> list[Path]:
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.suffix.lower() == ".wav")
             if not found:
-                raise UsageError(f"{p}: folder holds no .wav files")
+                raise UsageError(f"{p}: folder holds no .wav files (sub-folders are not "
+                                 f"searched: pass '{p}/**/*.wav' to screen them)")
             out.extend(found)
         else:
             out.append(p)
