@@ -1,6 +1,6 @@
 """A one-page picture of a screening for the clinician: what was heard and what was scored.
 
-Optional: needs matplotlib, which the Raspberry Pi runtime does not require.
+Optional: needs matplotlib (the `report` extra), which the Raspberry Pi runtime does not require.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ def write_report(path: Path, pcm: np.ndarray, screener, result) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UsageError("--report needs matplotlib: pip install matplotlib") from None
+        raise UsageError("--report needs matplotlib (the screening above was printed and "
+                         "logged): pip install 'heartsound[report]'") from None
     spec = screener.spec
     t = np.arange(len(pcm)) / spec.sample_rate_hz
     feats = mfcc(pcm, spec)

@@ -257,3 +257,23 @@ def test_a_folder_of_folders_says_how_to_reach_them(tmp_path):
     assert again.returncode == 0, again.stderr
     assert [row["file"] for row in _json_lines(again)] == [
         str(archive / "ward3" / EXAMPLES[0].name)]
+
+
+def test_report_without_matplotlib_keeps_the_screening(tmp_path):
+    """Printed and logged first; then one line naming the extra; exit 2 (usage)."""
+    import sqlite3
+
+    db = tmp_path / "log.db"
+    code = ("import sys; sys.modules['matplotlib'] = None  # as if not installed\n"
+            "from edge.cli import main; sys.exit(main(['screen', "
+            f"{str(EXAMPLES[1])!r}, '--report', {str(tmp_path / 'r.png')!r}, '--db', "
+            f"{str(db)!r}, '--json']))")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HEARTSOUND_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "heartsound[report]" in out.stderr
+    row = json.loads(out.stdout.splitlines()[-1])
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT decision FROM screenings").fetchall() == [(row["decision"],)]
+    assert not (tmp_path / "r.png").exists()

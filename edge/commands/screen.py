@@ -167,22 +167,23 @@ def _screen_mic(args, screener):
 
 
 def _screen(args, screener, pcm, name: str, start: float | None = None):
-    result = screener.screen_pcm(pcm, screener.spec.sample_rate_hz, name, start=start)
-    if args.report:
-        from edge.report import write_report
-
-        write_report(args.report, pcm, screener, result)
-    return result, pcm
+    return screener.screen_pcm(pcm, screener.spec.sample_rate_hz, name, start=start), pcm
 
 
 def _finish(args, screener, results) -> int:
-    """Print every result, then store them; a log that cannot be written is an error."""
+    """Print every result, store them, then draw the report: a screening is never lost to
+    a picture that cannot be drawn; a log that cannot be written is an error."""
     from edge.screening import describe
 
     for result, _ in results:
         print(json.dumps(result.to_dict()) if args.json else describe(result), flush=True)
     if not args.no_log and results:
         _log(args, screener, results)
+    if args.report and results:
+        from edge.report import write_report
+
+        result, pcm = results[0]
+        write_report(args.report, pcm, screener, result)
     return 0
 
 
