@@ -171,14 +171,10 @@ def pipeline(c: Context) -> None:
 def _print_targets(metrics_file: Path) -> None:
     import json
 
-    from train.model_card import target_figures
+    from train.model_card import verdict_lines
 
-    t = json.loads(metrics_file.read_text())["targets"]
-    missed = [name for name, ok in t["checks"].items() if not ok]
-    print(f"\ntargets of {metrics_file.parent}: {len(t['checks']) - len(missed)} met, "
-          f"{len(missed)} missed (release check: invoke targets)")
-    for name, ok in t["checks"].items():
-        print(f"  {'MET ' if ok else 'MISS'} {name}{target_figures(t, name)}")
+    print(f"\ntargets of {metrics_file.parent}:")
+    print("\n".join(verdict_lines(json.loads(metrics_file.read_text())["targets"])))
 
 
 def _remote_args(host: str, key: str, known_hosts: str, root: str, **flags: str | bool) -> str:

@@ -104,8 +104,7 @@ class WindowCutter:
 
     def _normalise(self, window: np.ndarray) -> np.ndarray:
         if self.spec.normalise in RECORDING_NORMALISATIONS:
-            stats = (np.array([self.n], dtype=np.int64), self.sums[None].copy(),
-                     self.sumsq[None].copy())
+            stats = (np.array([self.n], dtype=np.int64), self.sums[None], self.sumsq[None])
             return normalise_by_recording(window[None], stats, self.spec)[0]
         return normalise_windows(window[None], self.spec)[0]
 

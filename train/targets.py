@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from train.evaluate import meets
+from train.model_card import target_figures
 
 TEST_MACC = 0.80
 """Recording-level test MAcc on each gated database (at the shipped threshold)."""
@@ -56,36 +57,28 @@ def training_targets(metrics: Mapping) -> dict:
             "reported": reported}
 
 
-def describe(targets: Mapping) -> str:
-    """One sentence naming the targets, for the card and the training summary."""
-    return (f"test MAcc >= {targets['test_macc']} on each of "
-            f"{', '.join(GATED_TEST)} (Se >= {targets['test_se']} on the PhysioNet ones); "
-            f"leave-one-database-out MAcc >= {targets.get('lodo_min_macc')} on each "
-            f"database held out and >= {targets.get('lodo_mean_macc')} on average")
-
-
 def release_checks(metrics: Mapping, verify_report: Mapping) -> dict[str, tuple[bool, str]]:
     """Accuracy checks of the run plus the device checks of the verification report:
     int8 MAcc within half a point of float, model size, TFLite Micro arena, training time.
-    Values: (met, the measured figure as text)."""
+    Values: (met, " (the measured figure)", as :func:`train.model_card.target_figures`)."""
     targets = metrics.get("targets") or training_targets(metrics)
-    out = {name: (bool(ok), _figure_text(targets["figures"].get(name, {})))
+    out = {name: (bool(ok), target_figures(targets, name))
            for name, ok in targets["checks"].items()}
     for split, diff in (verify_report.get("macc_diff") or {}).items():
         out[f"{split} MAcc int8 vs float within {100 * MAX_INT8_MACC_DIFF:g} points"] = (
             diff is not None and diff <= MAX_INT8_MACC_DIFF + 1e-12,
-            "undefined" if diff is None else f"{100 * diff:.2f} points")
+            " (undefined)" if diff is None else f" ({100 * diff:.2f} points)")
     size = verify_report.get("size") or {}
     if size.get("model_bytes") is not None:
         out[f"model <= {MAX_MODEL_BYTES // 1024} KB"] = (
-            size["model_bytes"] <= MAX_MODEL_BYTES, f"{size['model_bytes']} bytes")
+            size["model_bytes"] <= MAX_MODEL_BYTES, f" ({size['model_bytes']} bytes)")
     if size.get("arena_bytes") is not None:
         out[f"TFLite Micro arena <= {MAX_ARENA_BYTES // 1024} KB"] = (
-            size["arena_bytes"] <= MAX_ARENA_BYTES, f"{size['arena_bytes']} bytes")
+            size["arena_bytes"] <= MAX_ARENA_BYTES, f" ({size['arena_bytes']} bytes)")
     main = (metrics.get("timing") or {}).get("main_seconds")
     if main is not None:
         out[f"default model trains in < {MAX_TRAIN_SECONDS // 60} min"] = (
-            main < MAX_TRAIN_SECONDS, f"{main:.0f} s")
+            main < MAX_TRAIN_SECONDS, f" ({main:.0f} s)")
     return out
 
 
@@ -104,14 +97,3 @@ def _figure(result: Mapping) -> dict:
     return {"macc": result.get("macc"), "se": result.get("se"),
             "macc_ci95": (result.get("ci95") or {}).get("macc"),
             "macc_best": result.get("macc_best")}
-
-
-def _figure_text(figure: Mapping) -> str:
-    macc = figure.get("macc")
-    text = "n/a" if macc is None else f"MAcc {macc:.3f}"
-    ci = figure.get("macc_ci95")
-    if ci:
-        text += f" (95 % CI {ci[0]:.2f}-{ci[1]:.2f})"
-    if figure.get("se") is not None:
-        text += f", Se {100 * figure['se']:.1f} %"
-    return text

@@ -85,7 +85,7 @@ def _check_targets(metrics: dict, report: dict) -> int:
 
     checks = release_checks(metrics, report)
     for name, (ok, figure) in checks.items():
-        print(f"  {'MET ' if ok else 'MISS'} {name}: {figure}")
+        print(f"  {'MET ' if ok else 'MISS'} {name}{figure}")
     missed = [name for name, (ok, _) in checks.items() if not ok]
     if missed:
         print(f"heartsound: {len(missed)} of {len(checks)} targets missed (first: {missed[0]}); "

@@ -265,8 +265,7 @@ def _fmt(value) -> str:
 def _print_summary(metrics: dict, out: Path, seconds: float) -> None:
     print(f"\nrun folder: {out}   threshold {metrics['threshold']:.4f} "
           f"(validation, Se >= {metrics['config']['min_se']})")
-    from train.model_card import interval_text, target_figures
-    from train.targets import describe
+    from train.model_card import describe_targets, interval_text, verdict_lines
 
     print("test, per recording:      n   abn    Se     Sp   MAcc    AUC  Se@Sp70  MAcc 95 % CI")
     rows = dict(metrics["test"]["recording"])
@@ -277,12 +276,7 @@ def _print_summary(metrics: dict, out: Path, seconds: float) -> None:
         print(f"  {name:<20} {m['n']:>5} {m['n_abnormal']:>5} {_fmt(m['se'])} {_fmt(m['sp'])} "
               f"{_fmt(m['macc'])} {_fmt(m['auc'])} {_fmt(m['se_at_sp70'])}    {shown}")
     t = metrics["targets"]
-    print(f"targets: {describe(t)} (95 % CI: patient-level bootstrap of the test split)")
-    for check, ok in t["checks"].items():
-        print(f"  {'MET ' if ok else 'MISS'} {check}{target_figures(t, check)}")
-    for check in t["reported"]:
-        print(f"  info {check}{target_figures(t, check, 'reported')}")
-    missed = sum(not ok for ok in t["checks"].values())
-    print(f"targets: {len(t['checks']) - missed} met, {missed} missed (a release check: "
-          "heartsound verify MODEL --run RUN --targets)")
+    print(f"targets: {describe_targets(t)} (95 % CI: patient-level bootstrap of the test "
+          "split)")
+    print("\n".join(verdict_lines(t)))
     print(f"total time {seconds:.0f} s", file=sys.stdout)
