@@ -125,6 +125,16 @@ class Screener:
         )
 
 
+ADVICE = {decision.ABNORMAL: "refer for a closer look", decision.NORMAL: "no referral",
+          decision.UNSURE: "retake the recording"}
+"""What to do next after each decision, in the words the text output and the report share."""
+
+
+def advice(result: ScreeningResult) -> str:
+    """What the clinician does next: refer, no referral, or retake (see :data:`ADVICE`)."""
+    return ADVICE[result.decision]
+
+
 def describe(result: ScreeningResult, where: str | None = None) -> str:
     """One line a clinician can read at a glance, then the detail.
 
@@ -136,9 +146,8 @@ def describe(result: ScreeningResult, where: str | None = None) -> str:
         detail = (f"{result.seconds:g} s, {result.latency_ms:.0f} ms" if where is None
                   else f"{result.seconds:g} s; checked on the host, not sent {where}")
         return f"{result.file}: UNSURE - {q['reason']}. {q['hint']} ({detail})"
-    advice = "refer for a closer look" if result.decision == decision.ABNORMAL else "no referral"
     span = f"{len(result.windows)} windows of {result.seconds:g} s" + (f" {where}" if where
                                                                         else "")
-    return (f"{result.file}: {result.decision.upper()} - {advice} "
+    return (f"{result.file}: {result.decision.upper()} - {advice(result)} "
             f"(P(abnormal) {result.probability_abnormal:.2f}, threshold "
             f"{result.threshold:.2f}; {span}; {result.latency_ms:.0f} ms)")

@@ -51,8 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-audio", action="store_true",
                         help="also store the audio (at the model's rate) in the log")
     parser.add_argument("--report", type=Path, metavar="PNG",
-                        help="write a picture: waveform, MFCC image and per-window scores "
-                        "(needs matplotlib; one recording only)")
+                        help="write a one-page report for the clinician: what to do next "
+                        "(refer, no referral, retake) and why, patient, time, device, "
+                        "model, the recording and each window's score; cepstra for "
+                        "specialists go to PNG's -detail.png beside it (needs the 'report' "
+                        "extra; one recording only)")
     batch = parser.add_argument_group(
         "batch screening", "many recordings in parallel; one row per recording, streamed as "
         "results arrive; a recording that fails is a row with its error and exit code; exit "
@@ -177,22 +180,23 @@ def _finish(args, screener, results) -> int:
 
     for result, _ in results:
         print(json.dumps(result.to_dict()) if args.json else describe(result), flush=True)
-    if not args.no_log and results:
-        _log(args, screener, results)
+    records = [log_record(args, screener, result.to_dict(), pcm) for result, pcm in results]
+    if not args.no_log and records:
+        _log(args, records)
     if args.report and results:
         from edge.report import write_report
 
         result, pcm = results[0]
-        write_report(args.report, pcm, screener, result)
+        write_report(args.report, pcm, screener, result, records[0])
     return 0
 
 
-def _log(args, screener, results) -> None:
+def _log(args, records) -> None:
     from edge.screening_log import ScreeningLog
 
     with ScreeningLog(args.db) as log:
-        for result, pcm in results:
-            log.add(log_record(args, screener, result.to_dict(), pcm))
+        for record in records:
+            log.add(record)
 
 
 def log_record(args, screener, row: dict, pcm):
