@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import multiprocessing
 import os
 import signal
@@ -95,6 +96,7 @@ class Outcome:
     error: str | None = None
     exit_code: int = 0
     pcm: np.ndarray | None = None  # the samples at the model's rate, only with keep_audio
+    sha256: str | None = None  # of the file's bytes: a resumed job logs a recording once
 
     @property
     def ok(self) -> bool:
@@ -126,6 +128,7 @@ def screen_job(screener, job: Job, keep_audio: bool = False) -> Outcome:
     try:
         pcm = read_wav(job.path, rate)
         result = screener.screen_pcm(pcm, rate, job.name, start=start)
+        content = hashlib.sha256(Path(job.path).read_bytes()).hexdigest()
     except HeartsoundError as exc:
         return Outcome(job.index, job.name, error=str(exc), exit_code=exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - one bad file must not end an archive's job
@@ -133,7 +136,7 @@ def screen_job(screener, job: Job, keep_audio: bool = False) -> Outcome:
                        error=f"{job.name}: unexpected {type(exc).__name__} ({exc}); this is "
                        "a heartsound bug, please report it with the file")
     return Outcome(job.index, job.name, result=result.to_dict(),
-                   pcm=pcm if keep_audio else None)
+                   pcm=pcm if keep_audio else None, sha256=content)
 
 
 def screen_local(jobs: Sequence[Job], model: str | os.PathLike | None = None, *,

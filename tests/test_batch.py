@@ -345,3 +345,56 @@ def test_no_worker_outlives_a_killed_or_stopped_job(data_root, tmp_path, sig):
     with sqlite3.connect(db) as con:
         logged = {f for (f,) in con.execute("SELECT file FROM screenings")}
     assert {r["file"] for r in rows} <= logged
+
+
+def _logged(db: Path) -> list[str]:
+    """The files of the log's screenings (none before the log's tables exist)."""
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'screenings'").fetchone():
+            return []
+        return [f for (f,) in con.execute("SELECT file FROM screenings ORDER BY id")]
+
+
+def test_a_job_killed_between_log_and_row_logs_each_recording_once(data_root, tmp_path):
+    """kill -9 while a row is being written, its screening already logged; --resume then
+    screens that recording again, and the log still holds each recording once.
+
+    The output is a FIFO that the test does not read, with the smallest pipe buffer: the
+    job blocks inside a row's write, which is where a kill makes the duplicate."""
+    import fcntl
+
+    files = [str(p) for p in pick(data_root, "physionet2016/training-b", 24)]
+    out, db = tmp_path / "rows.jsonl", tmp_path / "log.db"
+    os.mkfifo(out)
+    reader = os.open(out, os.O_RDONLY | os.O_NONBLOCK)
+    fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)
+    args = (*files, "--resume", str(out), "--workers", "2", "--db", str(db))
+    job = subprocess.Popen([sys.executable, "-m", "edge.cli", "screen", *args], cwd=REPO,
+                           env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        count, since = -1, time.monotonic()
+        while time.monotonic() - since < STALL_S:  # rows stop: blocked in a write
+            assert job.poll() is None, "the job ended before its output filled"
+            if len(_logged(db)) != count:
+                count, since = len(_logged(db)), time.monotonic()
+            time.sleep(0.1)
+        os.kill(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)
+    finally:
+        job.kill()
+    written = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(reader, 65536):
+            written += chunk
+    os.close(reader)
+    out.unlink()
+    out.write_bytes(written)  # what a regular file would hold after the kill
+    assert 0 < written.count(b"\n") < count < len(files)
+    rest = run_screen(*args, home=tmp_path)
+    assert rest.returncode == 0, rest.stderr
+    rows = read_rows(out, "jsonl")
+    assert sorted(r["file"] for r in rows) == sorted(files)
+    assert sorted(_logged(db)) == sorted(files)  # once each: no second row for the resumed

@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch.add_argument("--resume", metavar="OUT",
                        help="append rows to OUT (JSON Lines, or CSV with --csv OUT or a .csv "
                        "name), skipping recordings OUT already has a row for (error rows "
-                       "too: delete them to retry)")
+                       "too: delete them to retry); a job that wrote OUT itself logs each "
+                       "recording once, even when it was killed and resumed")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -264,8 +265,9 @@ class _Results:
             self._log.close()
 
 
-def log_record(args, screener, row: dict, pcm):
-    """The log's record of one screening, from its JSON row (single or batch path)."""
+def log_record(args, screener, row: dict, pcm, uuid: str | None = None):
+    """The log's record of one screening, from its JSON row (single or batch path);
+    ``uuid`` None draws a fresh one when it is stored."""
     from edge.screening_log import Screening
 
     return Screening(
@@ -276,5 +278,5 @@ def log_record(args, screener, row: dict, pcm):
         patient_id=args.patient,
         quality_reason=row["quality"].get("reason"), latency_ms=row["latency_ms"],
         audio=pcm if args.keep_audio else None,
-        audio_rate=screener.spec.sample_rate_hz if args.keep_audio else None,
+        audio_rate=screener.spec.sample_rate_hz if args.keep_audio else None, uuid=uuid,
     )
