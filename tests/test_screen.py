@@ -279,9 +279,11 @@ def test_report_without_matplotlib_keeps_the_screening(tmp_path):
     assert not (tmp_path / "r.png").exists()
 
 
-def test_many_files_print_and_log_each_result_as_it_is_made(data_root, tmp_path):
-    """`screen A.wav B.wav ...` (no --workers) killed with SIGKILL part-way: results were
-    printed before the last file was screened, and every printed one is in the log."""
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_many_files_print_and_log_each_result_as_it_is_made(data_root, tmp_path, sig):
+    """`screen A.wav B.wav ...` (no --workers) killed or stopped part-way: results were
+    printed before the last file was screened, and every printed one is in the log.
+    SIGTERM ends it with one line and exit 143."""
     import signal
     import sqlite3
 
@@ -290,15 +292,18 @@ def test_many_files_print_and_log_each_result_as_it_is_made(data_root, tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO), "HEARTSOUND_HOME": str(tmp_path)}
     job = subprocess.Popen([sys.executable, "-m", "edge.cli", "screen", *files, "--json",
                             "--db", str(db)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, text=True)
+                           stderr=subprocess.PIPE, text=True)
     try:
         first = job.stdout.readline()
-        os.kill(job.pid, signal.SIGKILL)
-        rest = job.stdout.read()
-        job.wait(timeout=60)
+        os.kill(job.pid, getattr(signal, sig))
+        rest, stderr = job.communicate(timeout=60)
     finally:
         job.kill()
-    assert job.returncode == -signal.SIGKILL  # still running when its first row came
+    if sig == "SIGKILL":
+        assert job.returncode == -signal.SIGKILL  # still running when its first row came
+    else:
+        assert job.returncode == 143 and stderr.count("\n") == 1, stderr
+        assert stderr.startswith("heartsound: stopped by SIGTERM")
     printed = [json.loads(line) for line in [first, *rest.splitlines(keepends=True)]
                if line.endswith("\n")]
     assert 0 < len(printed) < len(files)
