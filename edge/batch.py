@@ -171,11 +171,11 @@ def _load_worker(model: str | None, keep_audio: bool, parent_pid: int) -> None:
     from edge.screening import Screener
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(parent_pid)
+    _die_with_parent(parent_pid)
     _WORKER = (Screener(model), keep_audio)
 
 
-def die_with_parent(parent_pid: int) -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """End this process as soon as ``parent_pid`` (its parent) is gone, however it died.
 
     Called first thing in a child: if the parent died before the kernel was asked, the
