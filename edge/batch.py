@@ -17,16 +17,27 @@ recordings that were unfinished are then screened again in a fresh pool, so no r
 is lost and none is produced twice. A recording that was in flight during
 :data:`MAX_CRASHES_PER_RECORDING` crashes becomes an error row instead of looping.
 
+Why every worker watches its parent: a parent killed with ``kill -9`` (or by the OOM
+killer) runs no clean-up, and orphaned workers would wait for work for ever, holding the
+model and multiprocessing's resource tracker alive. On Linux the kernel kills a worker
+when its parent dies (``PR_SET_PDEATHSIG``); elsewhere, and as a second guard, a thread in
+the worker exits the process once its parent process id changes. The resource tracker
+exits by itself once the parent and every worker are gone.
+
 Results are yielded in completion order, not input order: the caller streams them.
 Everything here is standard library plus the screening module, so it runs on a Pi too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import hashlib
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -53,6 +64,10 @@ MAX_BARREN_POOLS = 3
 #: "spawn" starts workers from a clean interpreter: no copy of the parent's interpreter
 #: state or of threads (a progress bar's monitor thread) that fork would inherit.
 START_METHOD = "spawn"
+#: prctl option that asks the kernel for a signal when the parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
+#: How often a worker checks that its parent is alive, where the kernel cannot tell it.
+PARENT_POLL_S = 0.5
 
 Notify = Callable[[str], None]
 
@@ -81,6 +96,7 @@ class Outcome:
     error: str | None = None
     exit_code: int = 0
     pcm: np.ndarray | None = None  # the samples at the model's rate, only with keep_audio
+    sha256: str | None = None  # of the file's bytes: a resumed job logs a recording once
 
     @property
     def ok(self) -> bool:
@@ -112,6 +128,7 @@ def screen_job(screener, job: Job, keep_audio: bool = False) -> Outcome:
     try:
         pcm = read_wav(job.path, rate)
         result = screener.screen_pcm(pcm, rate, job.name, start=start)
+        content = hashlib.sha256(Path(job.path).read_bytes()).hexdigest()
     except HeartsoundError as exc:
         return Outcome(job.index, job.name, error=str(exc), exit_code=exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - one bad file must not end an archive's job
@@ -119,7 +136,7 @@ def screen_job(screener, job: Job, keep_audio: bool = False) -> Outcome:
                        error=f"{job.name}: unexpected {type(exc).__name__} ({exc}); this is "
                        "a heartsound bug, please report it with the file")
     return Outcome(job.index, job.name, result=result.to_dict(),
-                   pcm=pcm if keep_audio else None)
+                   pcm=pcm if keep_audio else None, sha256=content)
 
 
 def screen_local(jobs: Sequence[Job], model: str | os.PathLike | None = None, *,
@@ -147,14 +164,37 @@ def screen_local(jobs: Sequence[Job], model: str | os.PathLike | None = None, *,
 _WORKER: tuple | None = None  # (Screener, keep_audio), set once per worker process
 
 
-def _load_worker(model: str | None, keep_audio: bool) -> None:
-    """Pool initializer: load the model once. Ctrl-C is the parent's to handle: a worker
-    that caught it too would print a traceback of its own."""
+def _load_worker(model: str | None, keep_audio: bool, parent_pid: int) -> None:
+    """Pool initializer: die with the parent, then load the model once. Ctrl-C is the
+    parent's to handle: a worker that caught it too would print a traceback of its own."""
     global _WORKER
     from edge.screening import Screener
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
     _WORKER = (Screener(model), keep_audio)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this process as soon as ``parent_pid`` (its parent) is gone, however it died.
+
+    Called first thing in a child: if the parent died before the kernel was asked, the
+    parent process id has already changed and the child exits here.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="heartsound-parent-watch",
+                     daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)  # no clean-up: the parent that would read our results is gone
 
 
 def _screen_in_worker(job: Job) -> Outcome:
@@ -183,7 +223,7 @@ class _PoolRun:
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             self.workers, mp_context=multiprocessing.get_context(START_METHOD),
-            initializer=_load_worker, initargs=(self.model, self.keep_audio))
+            initializer=_load_worker, initargs=(self.model, self.keep_audio, os.getpid()))
 
     def outcomes(self) -> Iterator[Outcome]:
         self.pool = self._new_pool()

@@ -13,7 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from edge.errors import HeartsoundError
+from edge.errors import HeartsoundError, Stopped
 
 # name -> (module holding add_arguments/run, one-line help, longer description)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         "offline on a Raspberry Pi or a microcontroller.",
         epilog="Run 'heartsound COMMAND --help' for the options of one command. "
         "Exit codes: 0 result, 1 failure, 2 usage, 3 bad audio, 4 bad model, 5 bad data, "
-        "6 bad feature spec, 7 device problem, 8 download problem.",
+        "6 bad feature spec, 7 device problem, 8 download problem, 130 Ctrl-C, 143 stopped by "
+        "SIGTERM (screen: results printed so far are complete and logged).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, short, description) in COMMANDS.items():
@@ -124,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("heartsound: interrupted", file=sys.stderr)
         return 130
+    except Stopped as exc:
+        print(f"heartsound: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -55,3 +55,14 @@ class DownloadError(HeartsoundError):
     """A download that failed or whose checksum did not match."""
 
     exit_code = 8
+
+
+class Stopped(BaseException):
+    """The job was told to stop (SIGTERM): raised in the main thread by the signal handler.
+
+    A BaseException, like KeyboardInterrupt, so that the code that turns one recording's
+    failure into an error row (``except Exception``) does not swallow it: the job ends,
+    its clean-up runs, and the CLI prints this one line and exits with 128 + SIGTERM.
+    """
+
+    exit_code = 143

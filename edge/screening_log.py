@@ -26,6 +26,13 @@ that merge idempotent (pulling twice adds nothing); the ``log_id``, drawn once a
 when a log is created and kept in its ``meta`` table, tells devices apart even when
 their ``device_id`` (``$HEARTSOUND_DEVICE_ID``, else the host name) is the same, as on
 Raspberry Pis cloned from one SD card image.
+
+Why a batch screening's uuid is derived, not drawn (:func:`screening_uuid`): a batch job
+logs a screening, then writes its output row; a kill between the two makes ``--resume``
+screen that recording again. Its uuid comes from the job's id (kept in ``meta``, see
+:meth:`ScreeningLog.batch_job`), the file name and the file's bytes, so the second
+screening is the same row and :meth:`ScreeningLog.add` stores it once. No schema change:
+``meta`` and the unique uuid index exist since schema 2, which older logs migrate to.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -58,6 +66,7 @@ __all__ = [
     "default_db_path",
     "device_id",
     "heartsound_home",
+    "screening_uuid",
 ]
 
 HOME_ENV = "HEARTSOUND_HOME"
@@ -70,6 +79,7 @@ BUSY_TIMEOUT_MS = 5000  # a reader holding a lock briefly must not fail a screen
 SCHEMA_VERSION = 2
 FIRST_READABLE_VERSION = 1  # the first schema with a screenings table
 LOW_SPACE_BYTES = 64 * 1024  # an I/O error with less free space than this is a full disk
+BATCH_JOB_KEY = "batch_job:"  # meta key prefix: + resolved output path -> the job's id
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -129,6 +139,14 @@ def default_db_path() -> Path:
 def device_id() -> str:
     """``$HEARTSOUND_DEVICE_ID`` or the host name: which device made a screening."""
     return os.environ.get(DEVICE_ENV) or platform.node() or "unknown"
+
+
+def screening_uuid(job_id: str, file: str, content_sha256: str) -> str:
+    """The uuid of a batch job's screening: one per (job, file name, file bytes), so the
+    same recording screened again by a resumed job is the same row; a file changed in
+    between is a new screening."""
+    key = "\0".join((job_id, file, content_sha256)).encode("utf-8", "surrogateescape")
+    return hashlib.sha256(key).hexdigest()[:32]
 
 
 def utc_now() -> str:
@@ -351,11 +369,36 @@ class ScreeningLog:
         self._db.execute("COMMIT")
 
     # ---- writing -----------------------------------------------------------------
-    def add(self, s: Screening) -> int:
-        """Store one screening in one transaction; returns its id once committed."""
+    def _writable(self, doing: str) -> None:
         if self.read_only:
             raise DeviceError(f"screening log {self.path} was opened read-only; open it "
-                              "without read_only to store screenings")
+                              f"without read_only to {doing}")
+
+    def batch_job(self, output: str, *, fresh: bool) -> str:
+        """The id of the batch job that writes ``output`` (a resolved path): a new one when
+        the job starts that output afresh, else the one stored when it did (``--resume``).
+        """
+        self._writable("store screenings")
+        key = BATCH_JOB_KEY + output
+        job_id = None if fresh else self._meta(key)
+        if job_id is None:
+            job_id = uuid.uuid4().hex
+            try:
+                with self._transaction():
+                    self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                     (key, job_id))
+            except sqlite3.Error as exc:
+                raise _device_error(self.path, exc, "storing a batch job") from None
+        return job_id
+
+    def add(self, s: Screening) -> int:
+        """Store one screening in one transaction; returns its id once committed.
+
+        A screening whose ``uuid`` is stored already (a resumed batch job that screened a
+        recording again, see :func:`screening_uuid`) is not stored twice: the id of the
+        row that holds it is returned.
+        """
+        self._writable("store screenings")
         audio, rate = None, None
         if s.audio is not None:
             pcm = np.asarray(s.audio)
@@ -374,8 +417,10 @@ class ScreeningLog:
                     "INSERT INTO screenings (uuid, log_id, time_utc, patient_id, file, "
                     "decision, probability, window_scores, quality_reason, model_sha256, "
                     "spec_json, device_id, latency_ms, audio, audio_rate) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-                new_id = int(cur.lastrowid)
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (uuid) DO NOTHING", row)
+                new_id = int(cur.lastrowid) if cur.rowcount else int(self._db.execute(
+                    "SELECT id FROM screenings WHERE uuid = ?", (row_uuid,)).fetchone()[0])
         except sqlite3.Error as exc:
             raise _device_error(self.path, exc, "storing a screening") from None
         s.id, s.uuid = new_id, row_uuid
@@ -389,9 +434,7 @@ class ScreeningLog:
         row keeps its device id, its log id and its time, and gets a new local ``id``.
         The whole merge is one transaction: a failure adds nothing.
         """
-        if self.read_only:
-            raise DeviceError(f"screening log {self.path} was opened read-only; open it "
-                              "without read_only to merge into it")
+        self._writable("merge into it")
         with ScreeningLog(source, create=False, read_only=True) as other:
             if other.schema_version() < 2:
                 raise DeviceError(f"screening log {other.path} has schema version "

@@ -30,6 +30,7 @@ PER_SOURCE = {"pascal/set_a": 6, "pascal/set_b": 6, "physionet2016/training-a": 
               "physionet2016/training-b": 6, "physionet2016/training-d": 6}
 BAD_CODE = 3  # AudioError: every broken file below is one
 INTERPRETER_LIB = "litert"  # in the path of ai_edge_litert's shared libraries
+ORPHAN_GRACE_S = 30  # a worker or the resource tracker alive this long after its job: orphaned
 STALL_S = 3.0  # no new row for this long: every recording not held by the stopped worker is done
 
 
@@ -254,3 +255,146 @@ def test_resume_refuses_a_file_it_did_not_write(good, tmp_path):
     done = run_screen(good[0], "--resume", str(other), "--no-log", home=tmp_path)
     assert done.returncode == 2 and "notes.jsonl" in done.stderr
     assert other.read_text() == "shopping list\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# a job that is killed or told to stop leaves no process behind
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of a live process (tells a reused pid apart), else None;
+    a zombie is dead: it only waits for its new parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    state, *rest = stat[stat.rindex(")") + 2:].split()
+    return None if state in ("Z", "X") else rest[18]  # field 22 of proc(5): starttime
+
+
+def _family(pid: int) -> dict[int, str]:
+    """Every descendant of ``pid`` (children's children too), with its start time."""
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{parent}/task").iterdir():
+                for child in map(int, (task / "children").read_text().split()):
+                    start = _start_time(child)
+                    if start is not None and child not in found:
+                        found[child] = start
+                        todo.append(child)
+    return found
+
+
+def _survivors(family: dict[int, str], within_s: float) -> dict[int, str]:
+    deadline = time.monotonic() + within_s
+    while True:
+        alive = {p: s for p, s in family.items() if _start_time(p) == s}
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "kill-TERM"])
+def test_no_worker_outlives_a_killed_or_stopped_job(data_root, tmp_path, sig):
+    """The parent of `screen --workers 2` dies or is told to stop while its workers are
+    busy: the workers and multiprocessing's resource tracker end too. SIGTERM ends the job
+    cleanly: exit 143, one line saying so, every printed row in the log."""
+    folder = data_root / "physionet2016/training-e"  # 2141 recordings: minutes of work
+    db = tmp_path / "log.db"
+    job = subprocess.Popen([sys.executable, "-m", "edge.cli", "screen", str(folder),
+                            "--workers", "2", "--json", "--db", str(db)], cwd=REPO,
+                           env=_env(tmp_path), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    out = {name: [] for name in ("stdout", "stderr")}
+    readers = [threading.Thread(target=lambda n=name: out[n].extend(getattr(job, n)),
+                                daemon=True) for name in out]
+    family: dict[int, str] = {}
+    try:
+        readers[0].start()
+        readers[1].start()
+        _busy_pool_worker(job.pid)
+        deadline = time.monotonic() + 120
+        while not out["stdout"]:  # a worker has screened a recording: the job is busy
+            assert job.poll() is None and time.monotonic() < deadline, "".join(out["stderr"])
+            time.sleep(0.05)
+        family = _family(job.pid)
+        os.kill(job.pid, sig)
+        job.wait(timeout=120)
+    finally:
+        job.kill()
+        left = _survivors(family, within_s=ORPHAN_GRACE_S)
+        for pid in left:  # do not leave them running on the test machine
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    for reader in readers:  # ends when no process holds the pipes any more
+        reader.join(timeout=30)
+    stderr = "".join(out["stderr"])
+    assert len(family) >= 3, family  # two workers and the resource tracker
+    assert not left, f"still running {ORPHAN_GRACE_S} s after the job ended: {sorted(left)}"
+    if sig == signal.SIGKILL:
+        assert job.returncode == -signal.SIGKILL
+        return
+    assert job.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1].startswith("heartsound: stopped by SIGTERM")
+    rows = [json.loads(line) for line in out["stdout"] if line.endswith("\n")]
+    assert 0 < len(rows) < len(list(folder.glob("*.wav")))
+    with sqlite3.connect(db) as con:
+        logged = {f for (f,) in con.execute("SELECT file FROM screenings")}
+    assert {r["file"] for r in rows} <= logged
+
+
+def _logged(db: Path) -> list[str]:
+    """The files of the log's screenings (none before the log's tables exist)."""
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'screenings'").fetchone():
+            return []
+        return [f for (f,) in con.execute("SELECT file FROM screenings ORDER BY id")]
+
+
+def test_a_job_killed_between_log_and_row_logs_each_recording_once(data_root, tmp_path):
+    """kill -9 while a row is being written, its screening already logged; --resume then
+    screens that recording again, and the log still holds each recording once.
+
+    The output is a FIFO that the test does not read, with the smallest pipe buffer: the
+    job blocks inside a row's write, which is where a kill makes the duplicate."""
+    import fcntl
+
+    files = [str(p) for p in pick(data_root, "physionet2016/training-b", 24)]
+    out, db = tmp_path / "rows.jsonl", tmp_path / "log.db"
+    os.mkfifo(out)
+    reader = os.open(out, os.O_RDONLY | os.O_NONBLOCK)
+    fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)
+    args = (*files, "--resume", str(out), "--workers", "2", "--db", str(db))
+    job = subprocess.Popen([sys.executable, "-m", "edge.cli", "screen", *args], cwd=REPO,
+                           env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        count, since = -1, time.monotonic()
+        while time.monotonic() - since < STALL_S:  # rows stop: blocked in a write
+            assert job.poll() is None, "the job ended before its output filled"
+            if len(_logged(db)) != count:
+                count, since = len(_logged(db)), time.monotonic()
+            time.sleep(0.1)
+        os.kill(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)
+    finally:
+        job.kill()
+    written = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(reader, 65536):
+            written += chunk
+    os.close(reader)
+    out.unlink()
+    out.write_bytes(written)  # what a regular file would hold after the kill
+    assert 0 < written.count(b"\n") < count < len(files)
+    rest = run_screen(*args, home=tmp_path)
+    assert rest.returncode == 0, rest.stderr
+    rows = read_rows(out, "jsonl")
+    assert sorted(r["file"] for r in rows) == sorted(files)
+    assert sorted(_logged(db)) == sorted(files)  # once each: no second row for the resumed

@@ -277,3 +277,39 @@ def test_report_without_matplotlib_keeps_the_screening(tmp_path):
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT decision FROM screenings").fetchall() == [(row["decision"],)]
     assert not (tmp_path / "r.png").exists()
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_many_files_print_and_log_each_result_as_it_is_made(data_root, tmp_path, sig):
+    """`screen A.wav B.wav ...` (no --workers) killed or stopped part-way: results were
+    printed before the last file was screened, and every printed one is in the log.
+    SIGTERM ends it with one line and exit 143."""
+    import signal
+    import sqlite3
+
+    files = [str(p) for p in sorted((data_root / "physionet2016/training-a").glob("*.wav"))]
+    db = tmp_path / "log.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HEARTSOUND_HOME": str(tmp_path)}
+    job = subprocess.Popen([sys.executable, "-m", "edge.cli", "screen", *files, "--json",
+                            "--db", str(db)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        first = job.stdout.readline()
+        os.kill(job.pid, getattr(signal, sig))
+        rest, stderr = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    if sig == "SIGKILL":
+        assert job.returncode == -signal.SIGKILL  # still running when its first row came
+    else:
+        assert job.returncode == 143 and stderr.count("\n") == 1, stderr
+        assert stderr.startswith("heartsound: stopped by SIGTERM")
+    printed = [json.loads(line) for line in [first, *rest.splitlines(keepends=True)]
+               if line.endswith("\n")]
+    assert 0 < len(printed) < len(files)
+    with sqlite3.connect(db) as con:  # no table yet: nothing was logged
+        has_table = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'screenings'")
+        logged = [f for (f,) in con.execute("SELECT file FROM screenings ORDER BY id")] \
+            if has_table.fetchone() else []
+    assert [row["file"] for row in printed] == logged[: len(printed)]
+    assert logged == files[: len(logged)]

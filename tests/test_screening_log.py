@@ -271,3 +271,26 @@ def test_newer_schema_refused(tmp_path):
     with pytest.raises(DeviceError, match="schema version 99"):
         ScreeningLog(db)
     _assert_intact(db, 1)
+
+
+def test_a_screening_with_a_stored_uuid_is_one_row_also_in_an_old_log(tmp_path):
+    """A schema-1 log (first release) opens, migrates and takes batch jobs; a screening
+    stored again under its derived uuid (a resumed job) stays one row with one id."""
+    from edge.screening_log import MIGRATIONS, screening_uuid
+
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as con:
+        for statement in MIGRATIONS[1]:
+            con.execute(statement)
+        con.execute("UPDATE schema_version SET version = 1")
+    out = str(tmp_path / "rows.jsonl")
+    with ScreeningLog(db) as log:
+        job = log.batch_job(out, fresh=True)
+        assert log.batch_job(out, fresh=False) == job  # --resume of the same output
+        assert log.batch_job(out, fresh=True) != job  # the output started again: a new job
+        job = log.batch_job(out, fresh=False)
+        first, again, changed = _screening(1), _screening(1), _screening(1)
+        first.uuid = again.uuid = screening_uuid(job, "r1.wav", "aa" * 32)
+        changed.uuid = screening_uuid(job, "r1.wav", "bb" * 32)  # the file was replaced
+        assert log.add(first) == log.add(again) != log.add(changed)
+        assert log.count() == 2 and log.schema_version() == SCHEMA_VERSION

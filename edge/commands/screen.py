@@ -4,6 +4,11 @@ Output is for a person by default and JSON (one object per recording) with ``--j
 Exit code 0 means every recording got a result (``unsure`` is a result: it tells the
 clinician to retake); bad input gets its own code (see ``heartsound --help``).
 
+Each recording's result is stored in the log and then printed as soon as it is made, so
+a job stopped or killed part-way keeps every result it printed, and memory does not grow
+with the number of files. SIGTERM ends any screening cleanly: results so far are kept, one
+line says it was stopped, exit code 143.
+
 Batch screening (``--workers``, ``--ray``, ``--csv``, ``--resume``; see
 :mod:`edge.commands.screen_batch`) streams one row per recording as results arrive,
 turns a recording that fails into a row with its error, and exits with 0 when every
@@ -14,12 +19,15 @@ input order.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from edge.errors import HeartsoundError, UsageError
+from edge.errors import HeartsoundError, Stopped, UsageError
 
 MIC_DEFAULT_SECONDS = 20.0
 GLOB_CHARS = "*?["
@@ -73,30 +81,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch.add_argument("--resume", metavar="OUT",
                        help="append rows to OUT (JSON Lines, or CSV with --csv OUT or a .csv "
                        "name), skipping recordings OUT already has a row for (error rows "
-                       "too: delete them to retry)")
+                       "too: delete them to retry); a job that wrote OUT itself logs each "
+                       "recording once, even when it was killed and resumed")
 
 
 def run(args: argparse.Namespace) -> int:
     from edge.screening import Screener
 
     _check(args)
-    screener = Screener(args.model)
-    if is_batch(args):
-        from edge.commands.screen_batch import run_batch
+    with _stop_on_sigterm(args):
+        screener = Screener(args.model)
+        if is_batch(args):
+            from edge.commands.screen_batch import run_batch
 
-        return run_batch(args, screener)
-    if args.mic:
-        return _finish(args, screener, [_screen_mic(args, screener)])
-    results, first_error = [], 0
+            return run_batch(args, screener)
+        first_error = 0
+        with _Results(args, screener) as results:
+            if args.mic:
+                results.put(_screen_mic(args, screener))
+            else:
+                first_error = _screen_files(args, screener, results)
+        results.report()
+        return first_error
+
+
+def _screen_files(args, screener, results: _Results) -> int:
+    """Screen file after file, each result kept at once; the first failure's exit code."""
+    first_error = 0
     for path in _wav_files(args.paths):
         try:
-            results.append(_screen_file(args, screener, path))
+            result = _screen_file(args, screener, path)
         except HeartsoundError as exc:
             if len(args.paths) == 1 and path == args.paths[0]:
                 raise
             print(f"heartsound: {exc}", file=sys.stderr)
             first_error = first_error or exc.exit_code
-    return _finish(args, screener, results) or first_error
+            continue
+        results.put(result)
+    return first_error
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm(args: argparse.Namespace) -> Iterator[None]:
+    """SIGTERM (``kill``, systemd, a job scheduler) raises :class:`Stopped` in the main
+    thread, so clean-up runs: worker pools shut down, the log closes, no traceback. A
+    second SIGTERM during clean-up kills at once."""
+    kept = "printed above are complete" + ("" if args.no_log else " and logged")
+    more = f"; rerun with --resume {args.resume} to finish" if args.resume else ""
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Stopped(f"stopped by SIGTERM; the results {kept}, recordings without one "
+                      f"were not screened{more}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def is_batch(args: argparse.Namespace) -> bool:
@@ -173,34 +215,62 @@ def _screen(args, screener, pcm, name: str, start: float | None = None):
     return screener.screen_pcm(pcm, screener.spec.sample_rate_hz, name, start=start), pcm
 
 
-def _finish(args, screener, results) -> int:
-    """Print every result, store them, then draw the report: a screening is never lost to
-    a picture that cannot be drawn; a log that cannot be written is an error."""
-    from edge.screening import describe
+class _Results:
+    """Keeps each result as it is made: into the log first, then on stdout.
 
-    for result, _ in results:
-        print(json.dumps(result.to_dict()) if args.json else describe(result), flush=True)
-    records = [log_record(args, screener, result.to_dict(), pcm) for result, pcm in results]
-    if not args.no_log and records:
-        _log(args, records)
-    if args.report and results:
-        from edge.report import write_report
+    Why that order: a result on the screen is then always in the log, even after a kill.
+    Why a log that fails still prints the result (then exit 7): a screening is never lost
+    to a log that cannot be written. The log opens at the first result, so input that
+    yields none leaves no log behind. Only the result a ``--report`` draws is held.
+    """
 
-        result, pcm = results[0]
-        write_report(args.report, pcm, screener, result, records[0])
-    return 0
+    def __init__(self, args: argparse.Namespace, screener) -> None:
+        self.args, self.screener = args, screener
+        self._log = None
+        self._first = None  # (result, pcm, record) of the first recording, for --report
+
+    def put(self, item) -> None:
+        from edge.screening import describe
+
+        result, pcm = item
+        record = log_record(self.args, self.screener, result.to_dict(), pcm)
+        if self._first is None and self.args.report:
+            self._first = (result, pcm, record)
+        line = json.dumps(result.to_dict()) if self.args.json else describe(result)
+        try:
+            if not self.args.no_log:
+                self._open_log().add(record)
+        except HeartsoundError:
+            print(line, flush=True)
+            raise
+        print(line, flush=True)
+
+    def _open_log(self):
+        if self._log is None:
+            from edge.screening_log import ScreeningLog
+
+            self._log = ScreeningLog(self.args.db)
+        return self._log
+
+    def report(self) -> None:
+        """Draw the report last: a picture that cannot be drawn loses no screening."""
+        if self._first is not None:
+            from edge.report import write_report
+
+            result, pcm, record = self._first
+            write_report(self.args.report, pcm, self.screener, result, record)
+
+    def __enter__(self) -> _Results:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._log is not None:
+            self._log.close()
 
 
-def _log(args, records) -> None:
-    from edge.screening_log import ScreeningLog
-
-    with ScreeningLog(args.db) as log:
-        for record in records:
-            log.add(record)
-
-
-def log_record(args, screener, row: dict, pcm):
-    """The log's record of one screening, from its JSON row (single or batch path)."""
+def log_record(args, screener, row: dict, pcm, uuid: str | None = None):
+    """The log's record of one screening, from its JSON row (single or batch path);
+    ``uuid`` None draws a fresh one when it is stored."""
     from edge.screening_log import Screening
 
     return Screening(
@@ -211,5 +281,5 @@ def log_record(args, screener, row: dict, pcm):
         patient_id=args.patient,
         quality_reason=row["quality"].get("reason"), latency_ms=row["latency_ms"],
         audio=pcm if args.keep_audio else None,
-        audio_rate=screener.spec.sample_rate_hz if args.keep_audio else None,
+        audio_rate=screener.spec.sample_rate_hz if args.keep_audio else None, uuid=uuid,
     )

@@ -5,7 +5,10 @@ return outcomes; this process alone writes them: first to the screening log, the
 the output. Why that order: the output is what ``--resume`` trusts, so a row is
 written only once its screening is stored; a log that fails stops the job (exit 7) and
 a rerun with ``--resume`` continues where it stopped. No screening is ever missing from
-the log; a kill between the two writes can log one screening twice.
+the log, and none is there twice: a kill between the two writes makes ``--resume``
+screen that recording again, but when the job writes its rows to a file its log rows
+carry ids derived from the job, the file name and its bytes
+(:func:`edge.screening_log.screening_uuid`), so the second screening is the same row.
 
 Why the first error's code is taken in input order, not completion order: the exit code
 of a rerun must not depend on which worker happened to finish first.
@@ -55,10 +58,11 @@ def _run_jobs(args, screener, jobs: list[Job], fmt: str | None, dest: str | None
         outcomes = _engine(args, jobs, notify)  # first: an unreachable cluster fails here
         stack.callback(outcomes.close)
         log = None if args.no_log else stack.enter_context(_open_log(args))
+        store = None if log is None else _storer(args, screener, log, _job_id(args, log, dest))
         writer = open_writer(dest, fmt, append=bool(args.resume), stdout=out) if fmt else None
         if writer is not None:
             stack.callback(writer.close)
-        return _drain(args, screener, outcomes, writer, log, bar, notify, out)
+        return _drain(outcomes, writer, store, bar, notify, out)
 
 
 def _output(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -110,11 +114,33 @@ def _open_log(args: argparse.Namespace):
     return ScreeningLog(args.db)
 
 
-def _drain(args, screener, outcomes, writer: RowWriter | None, log, bar, notify, out) -> int:
+def _job_id(args: argparse.Namespace, log, dest: str | None) -> str | None:
+    """The job's id in the log when its rows go to a file that ``--resume`` can continue
+    (asked before the file is opened: a file that does not exist yet starts a new job);
+    None for rows on stdout, whose screenings get random ids."""
+    if dest in (None, STDOUT):
+        return None
+    path = Path(dest)
+    return log.batch_job(str(path.resolve()), fresh=not (args.resume and path.exists()))
+
+
+def _storer(args: argparse.Namespace, screener, log, job_id: str | None):
+    """A function that stores one outcome's screening in the log."""
+    from edge.screening_log import screening_uuid
+
+    def store(outcome: Outcome) -> None:
+        uid = screening_uuid(job_id, outcome.name, outcome.sha256) \
+            if job_id and outcome.sha256 else None
+        log.add(log_record(args, screener, outcome.result, outcome.pcm, uuid=uid))
+
+    return store
+
+
+def _drain(outcomes, writer: RowWriter | None, store, bar, notify, out) -> int:
     first_error: tuple[int, int] | None = None  # (input index, exit code)
     for outcome in outcomes:
-        if outcome.ok and log is not None:
-            log.add(log_record(args, screener, outcome.result, outcome.pcm))
+        if outcome.ok and store is not None:
+            store(outcome)
         _emit(outcome, writer, notify, out)
         if not outcome.ok and (first_error is None or outcome.index < first_error[0]):
             first_error = (outcome.index, outcome.exit_code)
