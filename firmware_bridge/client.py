@@ -409,8 +409,12 @@ def _why(exc: Exception) -> str:
 
 
 def screen_pcm(client: DeviceClient, pcm: np.ndarray, name: str, *, features: bool = False,
-               force: bool = False, specs: tuple[FeatureSpec, ...] = (DEFAULT_SPEC,)):
+               force: bool = False, specs: tuple[FeatureSpec, ...] = (DEFAULT_SPEC,),
+               step: int | None = None):
     """(ScreeningResult, DeviceRun or None) for samples already at the device's rate.
+
+    ``step``: quantisation step of the samples before they were resampled (see
+    :func:`edge.quality.assess`).
 
     The quality gate runs here, on the host, exactly as ``heartsound screen`` runs it:
     it needs the whole recording, which a microcontroller cannot hold. A recording that
@@ -424,7 +428,7 @@ def screen_pcm(client: DeviceClient, pcm: np.ndarray, name: str, *, features: bo
     info = client.identify()
     pcm = np.ascontiguousarray(pcm, dtype=np.int16)
     spec = gate_spec(info, specs)
-    quality = assess(pcm, spec)
+    quality = assess(pcm, spec, step)
     run = None
     if quality.ok:
         run = client.run(fill_window(pcm, spec), features=features, force=force)
