@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", action="store_true",
                         help="also fetch every window's int16 features (--json prints them)")
     parser.add_argument("--force", action="store_true",
-                        help="abort a session the device is still running from an earlier host")
+                        help="abort any session first (a session that an earlier, failed run "
+                             "left open is aborted anyway, with a one-line note)")
 
 
 def run(args: argparse.Namespace) -> int:
