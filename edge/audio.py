@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import AudioError
+from edge.quality import quantisation_step
 from edge.resample import resample
 
-__all__ = ["WavInfo", "load_audio", "read_wav", "read_wav_info"]
+__all__ = ["WavInfo", "load_audio", "read_wav", "read_wav_for_screening", "read_wav_info"]
 
 TAG_PCM = 0x0001
 TAG_FLOAT = 0x0003
@@ -299,3 +300,14 @@ def read_wav(path: str | os.PathLike, rate: int | None = None, *,
     ``_decode`` for why. Wider samples are rounded to 16 bits, floats clipped to [-1, 1].
     """
     return load_audio(path, rate, allow_truncated=allow_truncated)[0]
+
+
+def read_wav_for_screening(path: str | os.PathLike, rate: int) -> tuple[np.ndarray, int]:
+    """(int16 mono at ``rate``, quantisation step of the file's decoded samples).
+
+    The quality gate needs the step (an 8-bit file's samples are multiples of 256) and
+    resampling hides it, so it is measured here, between decoding and resampling.
+    """
+    mono, info = load_audio(path)
+    step = quantisation_step(mono)
+    return (mono if rate == info.sample_rate else resample(mono, info.sample_rate, rate)), step

@@ -121,13 +121,13 @@ def screen_job(screener, job: Job, keep_audio: bool = False) -> Outcome:
     The clock starts before the file is read, as in `heartsound screen FILE`, so
     ``latency_ms`` means the same in both.
     """
-    from edge.audio import read_wav
+    from edge.audio import read_wav_for_screening
 
     start = time.perf_counter()
     rate = screener.spec.sample_rate_hz
     try:
-        pcm = read_wav(job.path, rate)
-        result = screener.screen_pcm(pcm, rate, job.name, start=start)
+        pcm, step = read_wav_for_screening(job.path, rate)
+        result = screener.screen_pcm(pcm, rate, job.name, start=start, step=step)
         content = hashlib.sha256(Path(job.path).read_bytes()).hexdigest()
     except HeartsoundError as exc:
         return Outcome(job.index, job.name, error=str(exc), exit_code=exc.exit_code)

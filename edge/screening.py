@@ -20,7 +20,7 @@ from edge.errors import ModelError
 from edge.interpreter import Classifier
 from edge.mfcc import fill_window, mfcc, windows
 from edge.model_meta import ModelMeta, read_model_meta
-from edge.quality import Quality, assess
+from edge.quality import Quality, assess, quantisation_step
 from edge.resample import resample
 from edge.spec import FEATURE_CONTRACT_VERSION
 
@@ -77,16 +77,19 @@ class Screener:
         self.normal_idx = decision.normal_index(self.meta.class_names, self.meta.normal_class)
 
     def screen_pcm(self, pcm: np.ndarray, rate: int, name: str = "<audio>", *,
-                   start: float | None = None) -> ScreeningResult:
+                   start: float | None = None, step: int | None = None) -> ScreeningResult:
         """Screen int16 mono samples at ``rate`` (resampled in fixed point if needed).
 
         ``start`` (a ``time.perf_counter()`` reading) lets the caller count file reading
-        into ``latency_ms``.
+        into ``latency_ms``. ``step``: the quantisation step of the source samples when the
+        caller resampled them already (:func:`edge.audio.read_wav_for_screening`); None
+        measures it here, on ``pcm`` before resampling.
         """
         start = time.perf_counter() if start is None else start
+        step = quantisation_step(pcm) if step is None else step
         if rate != self.spec.sample_rate_hz:
             pcm = resample(pcm, rate, self.spec.sample_rate_hz)
-        quality = assess(pcm, self.spec)
+        quality = assess(pcm, self.spec, step)
         result = self._classify(pcm, quality, name) if quality.ok else self._unsure(quality, name)
         result.seconds = round(len(pcm) / self.spec.sample_rate_hz, 3)
         result.latency_ms = round((time.perf_counter() - start) * 1000.0, 2)

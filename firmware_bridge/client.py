@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -40,6 +42,11 @@ from firmware_bridge.link_settings import (
 )
 
 REQUEST_NAMES = {t.value: t.name for t in p.MsgType}
+Notify = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(f"heartsound: {message}", file=sys.stderr, flush=True)
 
 
 class NoAnswerError(DeviceError):
@@ -93,13 +100,16 @@ class DeviceClient:
 
     def __init__(self, port: str, *, timeout: float = DEFAULT_TIMEOUT_S,
                  retries: int = DEFAULT_RETRIES, baudrate: int = DEFAULT_BAUD,
-                 max_bad_frames: int = DEFAULT_MAX_BAD_FRAMES) -> None:
+                 max_bad_frames: int = DEFAULT_MAX_BAD_FRAMES, notify: Notify = _stderr) -> None:
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be > 0 and retries >= 0")
         self.port, self.timeout, self.retries = port, timeout, retries
         self.baudrate, self.max_bad_frames = baudrate, max_bad_frames
+        self.notify = notify  # one-line notes for a person (a stale session was aborted)
         self.decoder = p.StreamDecoder()
         self.stats = LinkStats()
+        self._damage: Counter[str] = Counter()  # rejected frames by reason, this request
+        self._bytes_in = 0  # bytes read from the port, to tell noise from silence
         self._pending: deque[p.Frame | p.Rejected] = deque()
         self._seq = random.randrange(p.SEQ_MODULO)  # a fresh run never looks like a repeat
         self._serial = None
@@ -110,8 +120,10 @@ class DeviceClient:
         import serial
 
         try:
+            # exclusive: while we hold the port no other host can feed a device session,
+            # so a session the device still runs is one an earlier run left (see run())
             self._serial = serial.Serial(self.port, self.baudrate, timeout=self.timeout,
-                                         write_timeout=self.timeout)
+                                         write_timeout=self.timeout, exclusive=True)
             self._serial.reset_input_buffer()  # whatever an earlier session left behind
         except (serial.SerialException, OSError, ValueError) as exc:
             raise DeviceError(f"{self.port}: cannot open the serial port ({_why(exc)}); "
@@ -137,16 +149,21 @@ class DeviceClient:
         self._seq = (self._seq + 1) % p.SEQ_MODULO
         wire = p.encode_frame(p.Frame(mtype, self._seq, payload))
         self.stats.requests += 1
-        bad_before, naks = self.stats.bad_frames, 0
+        self._damage.clear()
+        misses: Counter[str] = Counter()  # attempts without an answer, by what came instead
         for attempt in range(self.retries + 1):
             if attempt:
                 self.stats.retransmissions += 1
             self._write(wire)
+            damaged, read = sum(self._damage.values()), self._bytes_in
             answer = self._await(self._seq, expect, time.monotonic() + self.timeout)
             if isinstance(answer, p.Frame):
                 return answer
-            naks += answer == "nak"
-        raise self._give_up(mtype, self.stats.bad_frames - bad_before, naks)
+            if answer == "nak" or sum(self._damage.values()) > damaged:
+                misses[answer] += 1
+            else:
+                misses["noise" if self._bytes_in > read else "lost"] += 1
+        raise self._give_up(mtype, misses)
 
     def _await(self, seq: int, expect: tuple[int, ...], deadline: float) -> p.Frame | str:
         """The answer to ``seq``, or "nak"/"timeout" when it is time to retransmit.
@@ -198,7 +215,9 @@ class DeviceClient:
         ser = self._port()
         try:
             ser.timeout = timeout
-            return ser.read(max(1, ser.in_waiting))
+            data = ser.read(max(1, ser.in_waiting))
+            self._bytes_in += len(data)
+            return data
         except (serial.SerialException, OSError) as exc:
             raise DeviceError(f"{self.port}: serial port failed while reading ({_why(exc)}); "
                               "the device was disconnected or reset") from None
@@ -226,10 +245,11 @@ class DeviceClient:
                 f"speaks v{p.PROTOCOL_VERSION}; use a heartsound release for v{item.version} "
                 "or update the firmware")
         self.stats.bad_frames += 1
+        self._damage[item.reason] += 1
         if self.stats.bad_frames > self.max_bad_frames:
             raise LinkError(f"{self.port}: {self.stats.bad_frames} corrupted frames from the "
-                            "device (CRC, length or framing errors); check the cable, the "
-                            "baud rate and the ground")
+                            f"device ({_damage_text(self.decoder.rejected)}); check the cable, "
+                            "the baud rate and the ground")
 
     def _reported(self, err: p.Error) -> DeviceError:
         if err.code == p.ErrorCode.UNSUPPORTED_VERSION:
@@ -242,13 +262,22 @@ class DeviceClient:
                                    f"{_name(err.offending_type)}: {err.message}"
                                    f"{hint.get(err.code, '')}", err.code)
 
-    def _give_up(self, mtype: int, bad: int, naks: int) -> DeviceError:
+    def _give_up(self, mtype: int, misses: Counter[str]) -> DeviceError:
+        """What the attempts met, named: a damaged line or a silent device."""
         attempts = self.retries + 1
         what = f"{self.port}: no intact answer to {_name(mtype)} in {attempts} attempts"
-        if bad or naks:
-            return LinkError(f"{what} ({bad} corrupted frames received, {naks} requests "
-                             "rejected by the device as corrupted): CRC errors exceeded the "
-                             "retries; check the cable, the baud rate and the ground")
+        if self._damage or misses["nak"] or misses["noise"]:
+            seen = [_damage_text(self._damage)] if self._damage else []
+            if misses["nak"]:
+                seen.append(_count(misses["nak"], "request") + " rejected by the device as "
+                            "damaged")
+            if misses["noise"]:
+                seen.append(_count(misses["noise"], "answer") + " drowned in bytes with no "
+                            "frame end (noise)")
+            if misses["lost"]:
+                seen.append(_count(misses["lost"], "answer") + " lost (nothing came back)")
+            return LinkError(f"{what}: {', '.join(seen)}; the line damages frames: check "
+                             "the cable, the baud rate and the ground")
         return NoAnswerError(f"{what} of {self.timeout:g} s each: the device does not answer; "
                              "check that it is powered and runs heartsound firmware, the "
                              "--port and the baud rate (or raise --timeout)")
@@ -272,7 +301,10 @@ class DeviceClient:
         """Stream int16 samples (at the device's rate) and collect every window's scores.
 
         ``features`` asks for each window's int16 features too (for bit-exact checks);
-        ``force`` aborts a session the device is still running from an earlier host.
+        ``force`` aborts any session first. Without it a START answered BUSY aborts the
+        session and starts again, with one note: the port is ours alone (opened
+        exclusively), so that session is one an earlier run left open when its link
+        failed, and nobody will ever finish it.
         """
         info = self._info or self.identify()
         if features and not info.features:
@@ -282,7 +314,7 @@ class DeviceClient:
             self.abort()
         pcm = np.ascontiguousarray(pcm, dtype=np.int16)
         flags = p.FLAG_FEATURES if features else 0
-        self.request(p.MsgType.START, p.Start(info.sample_rate_hz, pcm.size, flags).pack())
+        self._start(p.Start(info.sample_rate_hz, pcm.size, flags), info)
         try:
             results = self._stream(pcm, info)
             done = self._done(self.request(p.MsgType.END, b"", (p.MsgType.DONE,)))
@@ -290,6 +322,18 @@ class DeviceClient:
             self._abort_quietly()
             raise
         return self._checked_run(info, results, done, pcm.size)
+
+    def _start(self, start: p.Start, info: p.Identify) -> None:
+        try:
+            self.request(p.MsgType.START, start.pack())
+        except DeviceReportedError as exc:
+            if exc.code != p.ErrorCode.BUSY:
+                raise
+            self.abort()
+            self.notify(f"{self.port}: device {info.device_id} still held a session an "
+                        "earlier run left open (its link failed); aborted it and started "
+                        "this recording afresh")
+            self.request(p.MsgType.START, start.pack())
 
     def _stream(self, pcm: np.ndarray, info: p.Identify) -> list[p.Result]:
         results: list[p.Result] = []
@@ -403,14 +447,35 @@ def _name(mtype: int) -> str:
     return REQUEST_NAMES.get(mtype, f"type 0x{mtype:02x}")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _damage_text(reasons: dict[str, int]) -> str:
+    """Rejected frames by kind: CRC failures (flipped bits) apart from broken framing
+    (COBS, length, overlong: dropped or duplicated bytes, after which the decoder
+    resynchronises at the next 0x00)."""
+    crc = reasons.get("crc", 0)
+    framing = sum(v for k, v in reasons.items() if k not in ("crc", "version"))
+    parts = [_count(crc, "CRC error")] if crc else []
+    if framing:
+        parts.append(_count(framing, "resync") + " after broken framing (bytes dropped or "
+                     "duplicated)")
+    return ", ".join(parts) or "no damaged frames"
+
+
 def _why(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
 
 def screen_pcm(client: DeviceClient, pcm: np.ndarray, name: str, *, features: bool = False,
-               force: bool = False, specs: tuple[FeatureSpec, ...] = (DEFAULT_SPEC,)):
+               force: bool = False, specs: tuple[FeatureSpec, ...] = (DEFAULT_SPEC,),
+               step: int | None = None):
     """(ScreeningResult, DeviceRun or None) for samples already at the device's rate.
+
+    ``step``: quantisation step of the samples before they were resampled (see
+    :func:`edge.quality.assess`).
 
     The quality gate runs here, on the host, exactly as ``heartsound screen`` runs it:
     it needs the whole recording, which a microcontroller cannot hold. A recording that
@@ -424,7 +489,7 @@ def screen_pcm(client: DeviceClient, pcm: np.ndarray, name: str, *, features: bo
     info = client.identify()
     pcm = np.ascontiguousarray(pcm, dtype=np.int16)
     spec = gate_spec(info, specs)
-    quality = assess(pcm, spec)
+    quality = assess(pcm, spec, step)
     run = None
     if quality.ok:
         run = client.run(fill_window(pcm, spec), features=features, force=force)

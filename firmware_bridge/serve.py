@@ -140,7 +140,7 @@ _STACK = re.compile(r"^HS_STACK_USED (\d+)$", re.MULTILINE)
 def session_figures(console: str) -> dict[str, int | list[int]]:
     """Totals since boot from the last DONE's lines: frames and instructions of the front
     end, windows and instructions of the model (SysTick ticks x 40 under -icount shift=0),
-    per-window invoke instructions, peak stack."""
+    per-window scoring instructions (HS_WINDOW: Invoke + output copy), peak stack."""
     frames, fe_ticks = (int(v) for v in _FRONTEND.findall(console)[-1])
     windows, inv_ticks = (int(v) for v in _INVOKES.findall(console)[-1])
     return {"frames": frames, "frontend_instructions": fe_ticks * INSTRUCTIONS_PER_SYSTICK,

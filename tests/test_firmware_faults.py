@@ -200,6 +200,28 @@ def test_a_noise_burst_longer_than_any_frame_costs_one_retransmission(firmware, 
     assert_recovers(firmware, relay)
 
 
+def test_a_session_a_cut_link_left_open_is_aborted_with_one_note(firmware, relay, clean):
+    """Issue 19 against the C firmware: the line goes dead in the middle of the AUDIO
+    stream, the firmware keeps its session; the next plain run on a good line meets BUSY,
+    aborts that session with one note and gives the identical result."""
+    answers = []
+
+    def dead_after_four(frame: bytes) -> bytes:
+        answers.append(frame)
+        return frame if len(answers) <= 4 else b""
+
+    fresh(relay, LineFaults(to_host=dead_after_four))
+    outcome, _ = screen_bounded(relay.port, clean.pcm, retries=0)
+    assert isinstance(outcome, NoAnswerError) and "AUDIO" in str(outcome), outcome
+    relay.faults = LineFaults()
+    notes: list[str] = []
+    with DeviceClient(relay.port, timeout=RECOVERY_TIMEOUT_S, notify=notes.append) as c:
+        outcome = screen_pcm(c, clean.pcm, "excerpt", features=True)
+    assert_identical(outcome, clean)
+    assert len(notes) == 1 and relay.port in notes[0] and "left open" in notes[0], notes
+    assert_recovers(firmware, relay)
+
+
 # ---- a device that stops answering ----------------------------------------------------------
 class Freeze:
     """A to_device mangle that freezes the firmware process (SIGSTOP) when the n-th request

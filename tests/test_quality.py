@@ -137,3 +137,18 @@ def test_held_out_half_catch_and_false_reject_rates(data_root):
     calibration = [r for r in everything if bench.half_of(r.group) == "calibration"]
     assert not {r.group for r in calibration} & {r.group for r in records}
     assert any(r.label == "artifact" for r in calibration)
+
+
+def test_too_coarse_is_rms_in_steps_of_the_source_grid(heart):
+    """The step is measured on the samples (gcd), the threshold is MIN_RMS_STEPS of it."""
+    assert quality.quantisation_step(heart) == 1
+    assert quality.quantisation_step(np.array([512, -256, 0, 1024], np.int16)) == 256
+    assert quality.quantisation_step(np.zeros(5, np.int16)) == 1
+    rms = assess(heart).figures["rms"]
+    for steps, reason in ((3.5, "too coarse"), (4.5, None)):
+        step = int(rms / steps)
+        q = assess(heart, step=step)
+        assert q.reason == reason and q.figures["quantisation_step"] == step
+        assert q.figures["resolution_bits"] == pytest.approx(np.log2(steps) + 1.5, abs=0.01)
+    coarse = (heart.astype(np.int64) // 256 * 256).astype(np.int16)  # 8-bit grid, no resample
+    assert assess(coarse).figures["quantisation_step"] == 256

@@ -313,3 +313,55 @@ def test_many_files_print_and_log_each_result_as_it_is_made(data_root, tmp_path,
             if has_table.fetchone() else []
     assert [row["file"] for row in printed] == logged[: len(printed)]
     assert logged == files[: len(logged)]
+
+def _write_8bit(path: Path, pcm: np.ndarray, rate: int, gain: float = 1.0) -> None:
+    """An 8-bit unsigned WAV of ``pcm * gain`` (rounded to the 8-bit grid, as sox does)."""
+    import wave
+
+    q = np.clip(np.rint(pcm.astype(np.float64) * gain / 256), -128, 127).astype(np.int64)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(1)
+        w.setframerate(rate)
+        w.writeframes((q + 128).astype(np.uint8).tobytes())
+
+
+def test_coarse_audio_is_unsure_and_says_what_it_measured(data_root, tmp_path):
+    """Issue 19 item 11: the PASCAL A murmur stored as 8-bit (about 2 steps rms) flipped
+    normal 0.04 to abnormal 0.29; it and a PhysioNet recording at 2 steps are refused,
+    also when 8-bit data sit in a 16-bit file; the originals and a loud 8-bit copy pass."""
+    from edge.audio import load_audio
+    from edge.quality import assess
+
+    murmur = data_root / "pascal/set_a/murmur__201101051104.wav"
+    loud = data_root / "pascal/set_a/murmur__201108222243.wav"
+    physio = data_root / "physionet2016/training-a/a0001.wav"
+    x, info = load_audio(murmur)
+    _write_8bit(tmp_path / "murmur8.wav", x, info.sample_rate)
+    _write_wav(tmp_path / "murmur8in16.wav", read_wav(tmp_path / "murmur8.wav"),
+               info.sample_rate)
+    y, yinfo = load_audio(physio)
+    gain = 2 * 256 / assess(y).figures["rms"]  # 2 steps rms of the 8-bit grid
+    _write_8bit(tmp_path / "physio8.wav", y, yinfo.sample_rate, gain)
+    z, zinfo = load_audio(loud)
+    _write_8bit(tmp_path / "loud8.wav", z, zinfo.sample_rate)
+    files = [murmur, tmp_path / "murmur8.wav", tmp_path / "murmur8in16.wav", physio,
+             tmp_path / "physio8.wav", loud, tmp_path / "loud8.wav"]
+    rows = _json_lines(_screen(*map(str, files), "--json", "--no-log", home=tmp_path))
+    by = {Path(r["file"]).name: r for r in rows}
+    for name in ("murmur8.wav", "murmur8in16.wav", "physio8.wav"):
+        q = by[name]["quality"]
+        assert (by[name]["decision"], q["reason"]) == ("unsure", "too coarse"), name
+        assert q["figures"]["quantisation_step"] == 256
+        assert 1.5 < q["figures"]["resolution_bits"] < 3.5
+        assert "effective resolution" in q["hint"] and "record at 16 bits" in q["hint"]
+    for name in (murmur.name, physio.name, loud.name):
+        assert by[name]["quality"]["ok"] and by[name]["quality"]["figures"][
+            "quantisation_step"] == 1, name
+    assert by[murmur.name]["decision"] == "normal"
+    assert by["loud8.wav"]["quality"]["ok"]  # a healthy 8-bit signal (22 steps) is screened
+    assert by["loud8.wav"]["decision"] == by[loud.name]["decision"]
+    text = _screen(str(tmp_path / "murmur8.wav"), "--no-log", home=tmp_path)
+    assert text.returncode == 0 and len(text.stdout.splitlines()) == 1
+    assert "UNSURE - too coarse. effective resolution 2.6 bits (signal 2.2 steps rms, " \
+           "8-bit samples" in text.stdout

@@ -33,14 +33,13 @@ from edge.screening import PACKAGED_MODEL, Screener
 from firmware_bridge import protocol as p
 from firmware_bridge.client import (
     DeviceClient,
-    DeviceReportedError,
     LinkError,
     NoAnswerError,
     ProtocolMismatchError,
     screen_pcm,
 )
 from firmware_bridge.emulator import Emulator, LineFaults
-from tests.line_faults import FAULT, scripted
+from tests.line_faults import FAULT, mangle, scripted
 from tests.protocol_errors import check_protocol_errors
 
 SOURCES = {
@@ -176,15 +175,39 @@ def test_device_reports_protocol_errors(emulator):
         check_protocol_errors(c)
 
 
-def test_force_aborts_a_session_left_running(emulator, data_root, screener):
-    emulator.reset()
-    _, pcm = first_screenable(data_root, SOURCES["pascal_b"], screener)
+def test_a_session_a_failed_run_left_open_is_aborted_with_one_note(emulator, data_root,
+                                                                   screener, capsys):
+    """Issue 19: a link that dies mid-recording leaves the device in its session; the next
+    plain `heartsound firmware screen` aborts it, says so in one line and screens (it used
+    to fail with BUSY until rerun with --force). --force still aborts up front, silently."""
+    path, pcm = first_screenable(data_root, SOURCES["pascal_b"], screener)
+    answers = []
+
+    def dead_after_five(frame: bytes) -> bytes:  # the cable fails during the AUDIO stream
+        answers.append(frame)
+        return frame if len(answers) <= 5 else b""
+
+    emulator.reset(LineFaults(to_host=dead_after_five))
+    with DeviceClient(emulator.port, timeout=0.2, retries=1) as c, pytest.raises(
+            NoAnswerError, match="AUDIO"):
+        c.run(pcm)
+    emulator.faults = LineFaults()  # the cable is fixed; the device was not reset
+    assert emulator.device.session is not None and emulator.device.session.received > 0
+    assert main(["screen", str(path), "--json", "--no-log"]) == 0
+    reference = json.loads(capsys.readouterr().out)
+    assert main(["firmware", "screen", "--port", emulator.port, str(path), "--json"]) == 0
+    out = capsys.readouterr()
+    row = json.loads(out.out)
+    for key in ("decision", "probability_abnormal", "windows"):
+        assert row[key] == reference[key], key
+    assert len(out.err.splitlines()) == 1, out.err
+    assert emulator.port in out.err and "left open" in out.err and "aborted it" in out.err
     with DeviceClient(emulator.port) as c:
-        c.request(p.MsgType.START, p.Start(RATE, 0).pack())  # an earlier host died here
-    with DeviceClient(emulator.port) as c:
-        with pytest.raises(DeviceReportedError, match="BUSY"):
-            c.run(pcm)
+        c.request(p.MsgType.START, p.Start(RATE, 0).pack())
+    notes = []
+    with DeviceClient(emulator.port, notify=notes.append) as c:
         assert c.run(pcm, force=True).done.windows >= 1
+    assert notes == []
 
 
 def test_device_refuses_another_protocol_version(emulator):
@@ -277,9 +300,29 @@ def test_a_line_of_pure_noise_is_a_link_error(emulator):
     rng = random.Random(1)
     emulator.reset(LineFaults(to_host=lambda f: bytes(rng.randrange(256) for _ in f)))
     with DeviceClient(emulator.port, timeout=0.2, retries=2) as c, pytest.raises(
-            LinkError, match="corrupted"):
+            LinkError, match="noise|resync"):
         c.identify()
     emulator.reset()
+
+
+@pytest.mark.parametrize("direction, kind, a, seen", [
+    ("to_host", "drop", 5, "2 resyncs after broken framing (bytes dropped or duplicated)"),
+    ("to_host", "dup", 70, "2 resyncs after broken framing (bytes dropped or duplicated)"),
+    ("to_host", "flip", 9, "2 CRC errors"),
+    ("to_device", "drop", 7, "1 request rejected by the device as damaged, 1 answer lost"),
+])
+def test_a_damaged_line_is_named_by_what_was_seen(emulator, direction, kind, a, seen):
+    """Issue 19: dropped or duplicated bytes were reported as "CRC errors exceeded the
+    retries"; the one-line error now names resyncs, CRC errors, NAKs and lost answers."""
+    emulator.reset(LineFaults(**{direction: lambda f: mangle(f, kind, a, 3)}))
+    with DeviceClient(emulator.port, timeout=0.2, retries=1) as c, pytest.raises(
+            LinkError) as exc:
+        c.identify()
+    emulator.reset()
+    text = str(exc.value)
+    assert text.startswith(f"{emulator.port}: no intact answer to HELLO in 2 attempts: {seen}")
+    assert "\n" not in text and "check the cable" in text
+    assert ("resync" in text) == (kind != "flip" and direction == "to_host")
 
 
 # ---------------------------------------------------------------------------- faults

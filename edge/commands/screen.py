@@ -189,11 +189,11 @@ def _wav_files(paths: list[Path]) -> list[Path]:
 def _screen_file(args, screener, path: Path):
     import time
 
-    from edge.audio import read_wav
+    from edge.audio import read_wav_for_screening
 
     start = time.perf_counter()
-    pcm = read_wav(path, screener.spec.sample_rate_hz)
-    return _screen(args, screener, pcm, str(path), start)
+    pcm, step = read_wav_for_screening(path, screener.spec.sample_rate_hz)
+    return _screen(args, screener, pcm, str(path), start, step)
 
 
 def _screen_mic(args, screener):
@@ -205,14 +205,17 @@ def _screen_mic(args, screener):
                          f"{screener.spec.window_s:g} or more (20-30 s screens best)")
     device = int(args.device) if args.device and args.device.isdigit() else args.device
     pcm, rate = mic.record(args.seconds, args.rate, device)
+    from edge.quality import quantisation_step
     from edge.resample import resample
 
+    step = quantisation_step(pcm)
     pcm = resample(pcm, rate, screener.spec.sample_rate_hz)
-    return _screen(args, screener, pcm, "microphone")
+    return _screen(args, screener, pcm, "microphone", step=step)
 
 
-def _screen(args, screener, pcm, name: str, start: float | None = None):
-    return screener.screen_pcm(pcm, screener.spec.sample_rate_hz, name, start=start), pcm
+def _screen(args, screener, pcm, name: str, start: float | None = None, step: int = 1):
+    return screener.screen_pcm(pcm, screener.spec.sample_rate_hz, name, start=start,
+                               step=step), pcm
 
 
 class _Results:

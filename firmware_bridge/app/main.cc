@@ -9,7 +9,7 @@
  *   HS_BOOT <target> model=<bytes> arena=<bytes>     HS_ARENA_USED <bytes>
  *   self-test: HS_OUT <i> <hex>  HS_TICKS <i> <ticks>  HS_OP_TICKS <k> <op> <ticks>
  *              HS_STACK_USED <bytes>  HS_HEAP_USED <bytes>  HS_DONE
- *   serving:   HS_SERIAL_PORT <path> (host)  HS_READY  HS_WINDOW <i> <invoke ticks>
+ *   serving:   HS_SERIAL_PORT <path> (host)  HS_READY  HS_WINDOW <i> <Invoke+output ticks>
  *              HS_FRONTEND <frames> <ticks>  HS_INVOKES <n> <ticks>  HS_STACK_USED <bytes>
  */
 #include <stdio.h>

@@ -24,11 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", action="store_true",
                         help="also fetch every window's int16 features (--json prints them)")
     parser.add_argument("--force", action="store_true",
-                        help="abort a session the device is still running from an earlier host")
+                        help="abort any session first (a session that an earlier, failed run "
+                             "left open is aborted anyway, with a one-line note)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.audio import read_wav
+    from edge.audio import read_wav_for_screening
     from firmware_bridge.client import screen_pcm
     from firmware_bridge.commands.firmware import open_client
     from firmware_bridge.commands.firmware_identify import identity_dict
@@ -38,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
         info = client.identify()
         if args.model is not None:
             _check_model(args, info)
-        pcm = read_wav(args.wav, info.sample_rate_hz)
+        pcm, step = read_wav_for_screening(args.wav, info.sample_rate_hz)
         result, dev = screen_pcm(client, pcm, str(args.wav), features=args.features,
-                                 force=args.force, specs=specs)
+                                 force=args.force, specs=specs, step=step)
     row = result.to_dict()
     row["device"] = _device_block(identity_dict(info), dev, args.features)
     if args.json:
