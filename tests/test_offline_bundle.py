@@ -32,6 +32,7 @@ from edge.dependency_wheels import (
 from edge.deploy_bundle import build_bundle, build_wheel, device_requirements, sha256_file
 from edge.errors import DownloadError, UsageError
 from edge.offline_install import InstallError
+from tests.sshd_fixture import SSHD, SshServer
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "physionet_a0336_abnormal.wav"
@@ -115,6 +116,32 @@ def test_native_bundle_installs_in_a_fresh_venv_with_the_printed_pip_line(native
     got, want = json.loads(device.stdout), json.loads(host.stdout)
     got.pop("latency_ms"), want.pop("latency_ms")
     assert got == want
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(SSHD).exists() or os.geteuid() != 0,
+                    reason="needs Debian's openssh-server and root (CI runs both)")
+def test_ssh_deploy_with_download_deps_installs_with_no_index(tmp_path, pypi):
+    """The SSH path to a device with no network: the device's own platform, asked over SSH."""
+    server = SshServer(tmp_path / "sshd")
+    try:
+        root = tmp_path / "device"
+        res = subprocess.run(
+            [HEARTSOUND, "deploy", "--host", server.address, "--key", str(server.client_key),
+             "--known-hosts", str(server.known_hosts), "--root", str(root), "--remote-python",
+             sys.executable, "--offline", "--download-deps"],
+            capture_output=True, text=True, timeout=900)
+    finally:
+        server.stop()
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((root / "current/bundle/manifest.json").read_text())
+    assert manifest["target"]["platforms"][0].endswith(os.uname().machine)
+    assert {"numpy", "ai-edge-litert"} <= set(manifest["dependencies"])
+    probe = subprocess.run([str(root / "current/bin/python"), "-c",
+                            "import numpy, os; print(os.path.realpath(numpy.__file__))"],
+                           capture_output=True, text=True, env=device_env())
+    assert probe.stdout.startswith(os.path.realpath(root / "current") + "/lib/"), probe
 
 
 def _evil_payload(path: Path) -> Path:
