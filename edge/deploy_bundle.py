@@ -5,8 +5,10 @@ A bundle is a plain folder, so the same thing can be uploaded over SFTP or packe
 an offline ``.tar.gz``::
 
     wheels/heartsound-<version>-py3-none-any.whl   the project, built with pip wheel --no-deps
-    wheels/<dependency>.whl                        only with dependency wheels: the `edge`
-                                                   extra's requirements for the device's platform
+    wheels/<dependency>.whl                        only with dependency wheels: what
+                                                   heartsound[edge] needs on the device's
+                                                   platform, resolved by pip (manifest
+                                                   'target' and 'dependencies')
     model/<name>.tflite                            the int8 model the device will screen with
     smoke/<name>.wav                               a real recording for the smoke screening
     heartsound.env.in                              config (EnvironmentFile) with @ROOT@ to fill
@@ -31,8 +33,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge.errors import DeviceError, DownloadError, ModelError, UsageError
+from edge.dependency_wheels import WheelTarget, manylinux_platforms, resolve_wheels
+from edge.errors import DeviceError, ModelError, UsageError
 from edge.offline_install import sha256_file  # the device-side installer's own hash
+
+__all__ = ["Bundle", "build_bundle", "build_wheel", "device_requirements", "load_bundle",
+           "manylinux_platforms", "sha256_file"]
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = PROJECT_DIR / "examples"
@@ -50,7 +56,6 @@ UNIT_TEMPLATE = "heartsound-screen.service.in"
 ROOT_PLACEHOLDER = "@ROOT@"
 USER_PLACEHOLDER = "@USER@"
 SERVICE_NAME = "heartsound-screen"
-OLDEST_GLIBC_MINOR = 17  # manylinux2014 = glibc 2.17: the oldest tag current wheels carry
 WHEEL_NAME = re.compile(r"^heartsound-(?P<version>[^-]+)-.*\.whl$")
 
 # HEARTSOUND_HOME holds the screening log (patient data): it lives outside the releases so
@@ -140,45 +145,6 @@ def build_wheel(out_dir: Path, project_dir: Path = PROJECT_DIR) -> Path:
     return found[-1]
 
 
-def manylinux_platforms(machine: str, glibc: str) -> list[str]:
-    """pip platform tags a device can run: every manylinux glibc level up to its own.
-
-    pip takes ``--platform manylinux_2_36_aarch64`` literally (it widens only the old
-    manylinux2014 names), so each level is listed; newest first, like pip's own order.
-    """
-    major, minor = (int(x) for x in (glibc.split(".") + ["0"])[:2])
-    tags = [f"manylinux_{major}_{m}_{machine}" for m in range(minor, OLDEST_GLIBC_MINOR - 1, -1)]
-    return tags + [f"manylinux2014_{machine}", f"linux_{machine}"]
-
-
-def download_dependency_wheels(out_dir: Path, *, platforms: Sequence[str] = (),
-                               python_version: str | None = None,
-                               project_dir: Path = PROJECT_DIR) -> list[Path]:
-    """Binary wheels of the device's requirements, for the device's platform and Python.
-
-    `platforms` are pip platform tags (`manylinux_platforms`; Raspberry Pi OS Bookworm
-    64-bit is aarch64 with glibc 2.36); none means this machine's.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    before = set(out_dir.glob("*.whl"))
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
-           "--only-binary=:all:", "-d", str(out_dir)]
-    for tag in platforms:
-        cmd += ["--platform", tag]
-    if platforms:
-        cmd += ["--implementation", "cp"]
-    if python_version:
-        cmd += ["--python-version", python_version]
-    proc = subprocess.run(cmd + device_requirements(project_dir), capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        where = platforms[0] if platforms else "this platform"
-        raise DownloadError(f"pip download of {', '.join(device_requirements(project_dir))} "
-                            f"for {where} failed ({tail}); check the network, or deploy with "
-                            "--system-site-packages and apt's numpy")
-    return sorted(set(out_dir.glob("*.whl")) - before) or sorted(out_dir.glob("*.whl"))
-
-
 def default_smoke_wav() -> Path:
     """The first example recording: real audio the device must be able to screen."""
     found = sorted(EXAMPLES_DIR.glob("*.wav")) if EXAMPLES_DIR.is_dir() else []
@@ -190,11 +156,13 @@ def default_smoke_wav() -> Path:
 
 def build_bundle(out_dir: Path, *, wheel: Path | None = None, model: Path | None = None,
                  smoke_wav: Path | None = None, dependency_wheels: Sequence[Path] = (),
-                 project_dir: Path = PROJECT_DIR) -> Bundle:
+                 target: WheelTarget | None = None, project_dir: Path = PROJECT_DIR) -> Bundle:
     """Write a bundle folder (see the module docstring) and return it.
 
     `wheel` reuses an already built project wheel (tests build it once); the model is not
     judged here: the device's smoke screening is the gate, on the device's own runtime.
+    With `dependency_wheels` (for `target`), pip must resolve heartsound[edge] for the
+    target from the bundle's wheels alone, else a DownloadError names what is missing.
     """
     from edge.screening import default_model_path
 
@@ -213,13 +181,23 @@ def build_bundle(out_dir: Path, *, wheel: Path | None = None, model: Path | None
         raise UsageError(f"{wheel}: not a heartsound wheel (heartsound-VERSION-...whl)")
     for dep in dependency_wheels:
         _copy(Path(dep), wheels)
+    deps = _dependencies(wheels, match["version"], target) if dependency_wheels else None
     model_file = _copy(model, out_dir / MODEL_DIR)
     smoke_file = _copy(smoke_wav, out_dir / SMOKE_DIR)
     (out_dir / CONFIG_TEMPLATE).write_text(CONFIG_TEXT.format(model=model_file.name))
     (out_dir / UNIT_TEMPLATE).write_text(UNIT_TEXT)
     return _write_manifest(out_dir, match["version"], {
-        "wheel": wheel, "model": model_file, "smoke": smoke_file}, bool(dependency_wheels),
-        project_dir)
+        "wheel": wheel, "model": model_file, "smoke": smoke_file}, deps, project_dir)
+
+
+def _dependencies(wheels: Path, version: str, target: WheelTarget | None) -> dict:
+    """Manifest entries 'target' and 'dependencies': what pip installs from `wheels`."""
+    target = target or WheelTarget()
+    resolved = resolve_wheels(wheels, f"heartsound[{DEVICE_EXTRA}]=={version}", target)
+    resolved.pop("heartsound", None)
+    return {"target": target.to_manifest(), "dependencies": {
+        name: {"version": r["version"], "wheel": f"{WHEELS_DIR}/{r['file']}",
+               "sha256": r["sha256"]} for name, r in sorted(resolved.items())}}
 
 
 def load_bundle(path: Path) -> Bundle:
@@ -251,7 +229,7 @@ def _copy(src: Path, folder: Path) -> Path:
 
 
 def _write_manifest(out_dir: Path, version: str, roles: dict[str, Path],
-                    with_dependencies: bool, project_dir: Path) -> Bundle:
+                    deps: dict | None, project_dir: Path) -> Bundle:
     files = sorted(p for p in out_dir.rglob("*") if p.is_file())
     entries = {p.relative_to(out_dir).as_posix(): {"sha256": sha256_file(p),
                                                    "bytes": p.stat().st_size} for p in files}
@@ -263,7 +241,8 @@ def _write_manifest(out_dir: Path, version: str, roles: dict[str, Path],
         "python_requires": ">=" + ".".join(map(str, MIN_PYTHON)),
         "extras": [DEVICE_EXTRA],
         "requirements": device_requirements(project_dir),
-        "dependency_wheels": with_dependencies,
+        "dependency_wheels": deps is not None,
+        **(deps or {}),
         **{role: p.relative_to(out_dir).as_posix() for role, p in roles.items()},
         "files": entries,
     }

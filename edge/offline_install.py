@@ -6,10 +6,11 @@ imports nothing but the standard library. Inside heartsound it is also the home 
 `safe_extract` and of the release naming that `edge.deploy_remote` shares.
 
 Steps mirror the SSH deploy: check the payload's sha256, extract it safely into a new
-``ROOT/releases/<version>-<time>/bundle``, check every file against SHA256SUMS, make a venv
-and install with ``pip --no-index`` from the bundle's wheels, screen the bundled recording,
-then switch ``ROOT/current`` with an atomic rename. Any failure removes the new release and
-leaves ``current`` as it was.
+``ROOT/releases/<version>-<time>/bundle``, copy the wheels that lie beside the payload
+(``wheels/``, open so that a venv made by hand can use them too) into it, check every
+file against SHA256SUMS, make a venv and install with ``pip --no-index`` from the
+bundle's wheels, screen the bundled recording, then switch ``ROOT/current`` with an
+atomic rename. Any failure removes the new release and leaves ``current`` as it was.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ INCOMPLETE = ".incomplete"
 DATA_MODE = 0o700
 RELEASE_NAME = re.compile(r"^(?P<version>[0-9A-Za-z.+!]+)-(?P<stamp>\d{8}T\d{6}\.\d{3}Z)$")
 PAYLOAD = "payload.tar.gz"
+WHEEL_FILE = re.compile(r"^wheels/[A-Za-z0-9_.+!-]+\.whl$")  # no '/', so never outside
 HASH_CHUNK = 1 << 20
 FILE_MODE_MASK = 0o755  # no setuid/setgid/sticky, no group/other write from an archive
 SMOKE_TIMEOUT_S = 300
@@ -149,9 +151,33 @@ def _run(step: str, cmd: list[str], **kw) -> subprocess.CompletedProcess:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise InstallError(f"{step}: {exc}") from None
     if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        raise InstallError(f"{step}: {lines[-1].strip() if lines else proc.returncode}")
+        raise InstallError(f"{step}: {_failure_line(proc.stderr + proc.stdout)}")
     return proc
+
+
+def _failure_line(output: str) -> str:
+    """pip's last ERROR line (its INFO/notice lines come after it), else the last line."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR")]
+    return (errors or lines or ["no output"])[-1]
+
+
+def _copy_wheels(bundle_dir: Path, bundle: Path) -> None:
+    """The wheels beside the payload into the release's bundle (checked by SHA256SUMS next)."""
+    try:
+        files = json.loads((bundle / "manifest.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InstallError(f"reading the manifest: {exc}; copy the archive again") from None
+    for rel in sorted(files):
+        if not rel.startswith("wheels/"):
+            continue
+        if not WHEEL_FILE.match(rel):
+            raise InstallError(f"reading the manifest: {rel!r} is no wheel file name; copy the "
+                               "archive again")
+        if not (bundle_dir / rel).is_file():
+            raise InstallError(f"copying wheels: {bundle_dir / rel} is missing; copy the "
+                               "archive again")
+        shutil.copyfile(bundle_dir / rel, bundle / rel)
 
 
 def _verify_bundle(bundle: Path) -> dict:
@@ -229,6 +255,8 @@ def install(bundle_dir: Path, root: Path, *, python: str | None = None,
     (rel / INCOMPLETE).touch()
     try:
         safe_extract(payload, rel / "bundle")
+        (rel / "bundle" / "wheels").mkdir(exist_ok=True)
+        _copy_wheels(bundle_dir, rel / "bundle")
         manifest = _verify_bundle(rel / "bundle")
         _install_release(rel, manifest, root, python, system_site_packages)
         (rel / INCOMPLETE).unlink()

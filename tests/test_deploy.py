@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import platform
 import shutil
 import stat
 import subprocess
@@ -32,13 +31,11 @@ from edge.deploy_bundle import (
     SUMS,
     build_bundle,
     build_wheel,
-    download_dependency_wheels,
     load_bundle,
-    manylinux_platforms,
     sha256_file,
 )
-from edge.errors import DataError, DeviceError, DownloadError, UsageError
-from edge.offline_bundle import UnsafeArchiveError, build_offline_bundle, safe_extract
+from edge.errors import DataError, DeviceError, UsageError
+from edge.offline_bundle import UnsafeArchiveError, safe_extract
 from tests.sshd_fixture import SSHD, SshServer, free_port, keygen
 
 REPO = Path(__file__).resolve().parents[1]
@@ -395,7 +392,7 @@ def test_full_disk_keeps_previous_release(small_disk, bundle):
 
 
 # ---------------------------------------------------------------------------------------------
-# offline bundle and safe extraction
+# safe extraction (the offline bundle itself: tests/test_offline_bundle.py)
 
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
@@ -462,90 +459,3 @@ def test_safe_extract_does_not_write_through_a_link_already_on_disk(tmp_path):
     with pytest.raises(UnsafeArchiveError, match="would be written outside"):
         safe_extract(archive, dest)
     assert not (tmp_path / "escape").exists()
-
-
-def _unpack(archive: Path, where: Path) -> Path:
-    where.mkdir()
-    subprocess.run(["tar", "-xzf", str(archive), "-C", str(where)], check=True)
-    return next(where.iterdir())
-
-
-def test_offline_bundle_installs_without_network(bundle, tmp_path):
-    archive = build_offline_bundle(bundle, tmp_path / "hs-offline.tar.gz")
-    top = _unpack(archive, tmp_path / "stick")
-    root = tmp_path / "bedside"
-    args = ["sh", str(top / "install.sh"), "--root", str(root), "--python", sys.executable,
-            "--system-site-packages"]
-    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    first = os.readlink(root / "current").removeprefix("releases/")
-    assert remote.RELEASE_NAME.match(first) and f"installed {first}" in res.stdout
-    assert stat.S_IMODE((root / "data").stat().st_mode) == 0o700
-    screen = subprocess.run([str(root / "current/bin/heartsound"), "screen", "--json",
-                             "--no-log", str(EXAMPLES / "physionet_a0336_abnormal.wav")],
-                            capture_output=True, text=True)
-    assert screen.returncode == 0 and json.loads(screen.stdout)["decision"]
-
-    old = tmp_path / "python3.9"
-    old.write_text("#!/bin/sh\ncase \"$1\" in -V) echo Python 3.9.2;; *) exit 1;; esac\n")
-    old.chmod(0o755)
-    res = subprocess.run(args[:5] + [str(old)], capture_output=True, text=True)
-    assert res.returncode == 1
-    assert res.stderr.strip() == ("install.sh: Python 3.9.2 is too old, heartsound needs "
-                                  "Python 3.11+; install a newer one or pass --python PATH")
-
-    # a payload that tries to escape: refused by safe_extract, nothing written, same current
-    evil = _tar(tmp_path / "evil.tar.gz", [(_member("../../escape"), b"x")])
-    shutil.copy(evil, top / "payload.tar.gz")
-    (top / "payload.tar.gz.sha256").write_text(sha256_file(evil) + "  payload.tar.gz\n")
-    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 1 and "refusing to extract" in res.stderr
-    assert f"stays on releases/{first}" in res.stderr and len(res.stderr.splitlines()) == 1
-    assert not (root / "escape").exists() and not (root / "releases" / "escape").exists()
-    assert [p.name for p in (root / "releases").iterdir()] == [first]
-    # a payload damaged on the stick: refused by its sha256
-    (top / "payload.tar.gz").write_bytes(b"damaged")
-    res = subprocess.run(args, capture_output=True, text=True)
-    assert res.returncode == 1 and "sha256 differs" in res.stderr
-    assert os.readlink(root / "current") == f"releases/{first}"
-
-
-def test_cli_writes_offline_bundle(bundle, tmp_path):
-    out = tmp_path / "stick" / "hs.tar.gz"
-    res = subprocess.run([HEARTSOUND, "deploy", "--offline-bundle", str(out), "--bundle",
-                          str(bundle.path)], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert sha256_file(out) in res.stdout and "install.sh" in res.stdout
-    with tarfile.open(out) as tar:
-        names = tar.getnames()
-        assert tar.getmember(f"heartsound-{bundle.version}-offline/install.sh").mode == 0o755
-    assert f"heartsound-{bundle.version}-offline/payload.tar.gz" in names
-
-
-@pytest.mark.slow
-def test_offline_bundle_with_dependency_wheels_needs_no_system_packages(project_wheel,
-                                                                        tmp_path):
-    """The bedside case: a bare Python, no network; numpy and LiteRT come from the bundle."""
-    try:
-        deps = download_dependency_wheels(
-            tmp_path / "deps", platforms=manylinux_platforms(platform.machine(), "2.36"),
-            python_version="3.11")
-    except DownloadError as exc:
-        pytest.skip(f"no package registry to download the wheels from: {exc}")
-    assert any(p.name.startswith("ai_edge_litert-") for p in deps)
-    bundle = build_bundle(tmp_path / "bundle", wheel=project_wheel, dependency_wheels=deps)
-    assert bundle.manifest["dependency_wheels"] is True
-    top = _unpack(build_offline_bundle(bundle, tmp_path / "hs.tar.gz"), tmp_path / "stick")
-    root = tmp_path / "bedside"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env["PIP_CONFIG_FILE"] = os.devnull  # no index, no find-links from this machine's config
-    res = subprocess.run(["sh", str(top / "install.sh"), "--root", str(root), "--python",
-                          sys.executable], capture_output=True, text=True, timeout=600,
-                         env=env)
-    assert res.returncode == 0, res.stderr
-    probe = subprocess.run([str(root / "current/bin/python"), "-c",
-                            "import numpy, ai_edge_litert, edge, os; print(os.path.realpath("
-                            "numpy.__file__)); print(os.path.realpath(edge.__file__))"],
-                           capture_output=True, text=True, cwd=tmp_path)
-    rel = os.path.realpath(root / "current")
-    assert all(line.startswith(rel + "/lib/") for line in probe.stdout.split()), probe.stdout

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edge.dependency_wheels import WheelTarget
 from edge.errors import UsageError
 from edge.fleet_hosts import add_ssh_arguments, read_hosts
 
@@ -43,13 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "pip installs only from the bundle's wheels (and system packages)")
     parser.add_argument("--download-deps", action="store_true",
                         help="put the 'edge' extra's wheels for the device's platform and "
-                        "Python in the bundle (asks the device; with --offline-bundle give "
-                        "--platform and --python-version)")
-    parser.add_argument("--platform", metavar="MACHINE:GLIBC", help="device platform for "
-                        "--download-deps without a device, e.g. aarch64:2.36 (Raspberry Pi OS "
-                        "Bookworm 64-bit)")
-    parser.add_argument("--python-version", default="3.11", help="device Python for "
-                        "--download-deps without a device (default %(default)s)")
+                        "Python in the bundle (asks the device; --offline-bundle always "
+                        "carries them)")
+    parser.add_argument("--platform", metavar="TAG", help="with --offline-bundle: the "
+                        "device's platform, as a pip tag (manylinux_2_36_aarch64: that glibc "
+                        "and older), MACHINE:GLIBC (aarch64:2.36) or 'native' (this machine); "
+                        "default Raspberry Pi OS 64-bit bookworm, manylinux_2_36_aarch64")
+    parser.add_argument("--python-version", metavar="X.Y", help="with --offline-bundle: the "
+                        "device's CPython (default 3.11; with --platform native this one)")
     parser.add_argument("--model", type=Path, help="int8 .tflite to ship (default: "
                         "$HEARTSOUND_MODEL, else the model shipped with heartsound)")
     parser.add_argument("--bundle", type=Path, metavar="DIR", help="reuse the bundle in DIR, "
@@ -63,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.offline_bundle:  # no SSH: Fabric not needed
+        return _offline_bundle(args)
     try:
         import fabric  # noqa: F401 - only to say what is missing before any work
     except ImportError:
@@ -70,8 +74,6 @@ def run(args: argparse.Namespace) -> int:
                          ) from None
     from edge import deploy_remote as remote
 
-    if args.offline_bundle:
-        return _offline_bundle(args)
     if bool(args.host) == bool(args.hosts):
         raise UsageError("give one of --host USER@HOST[:PORT] or --hosts FILE (or "
                          "--offline-bundle OUT.tar.gz)")
@@ -141,40 +143,54 @@ def _fleet(args: argparse.Namespace, options) -> int:
 
 
 def _bundle(args: argparse.Namespace, scratch: Path,
-            platform: tuple[list[str], str] | None):
-    """The bundle from --bundle DIR if it holds one, else a new one (in DIR if given)."""
+            platform: tuple[list[str], str] | WheelTarget | None):
+    """The bundle from --bundle DIR if it holds one, else a new one (in DIR if given).
+
+    `platform`: the device's (pip platform tags, 'X.Y') or a WheelTarget; given, the
+    bundle carries the dependency wheels for it.
+    """
     from edge import deploy_bundle as db
+    from edge.dependency_wheels import download_dependency_wheels
 
     if args.bundle and (args.bundle / db.MANIFEST).is_file():
         return db.load_bundle(args.bundle)
     out = args.bundle or scratch
+    target = (platform if isinstance(platform, WheelTarget) or platform is None
+              else WheelTarget(tuple(platform[0]), platform[1]))
     deps = []
-    if platform:
-        deps = db.download_dependency_wheels(scratch.parent / "deps", platforms=platform[0],
-                                             python_version=platform[1])
+    if target:
+        print(f"downloading the dependency wheels for {target.describe()} ...",
+              file=sys.stderr)
+        deps = download_dependency_wheels(scratch.parent / "deps", db.device_requirements(),
+                                          target)
     print(f"building the bundle in {out} ...", file=sys.stderr)
-    return db.build_bundle(out, model=args.model, dependency_wheels=deps)
+    return db.build_bundle(out, model=args.model, dependency_wheels=deps, target=target)
 
 
 def _offline_bundle(args: argparse.Namespace) -> int:
-    from edge import deploy_bundle as db
-    from edge.offline_bundle import archive_sha256, build_offline_bundle
+    """Build the USB-stick archive with every wheel the target needs; print how to install."""
+    from edge.dependency_wheels import parse_target
+    from edge.offline_bundle import archive_sha256, build_offline_bundle, install_line, top_folder
 
     if not args.offline_bundle.name.endswith(".tar.gz"):
         raise UsageError(f"{args.offline_bundle}: the offline bundle is a .tar.gz; give a name "
                          "ending so")
-    if args.download_deps and not args.platform:
-        raise UsageError("--offline-bundle with --download-deps needs --platform (no device "
-                         "to ask), e.g. --platform aarch64:2.36")
+    target = parse_target(args.platform, args.python_version)
     with tempfile.TemporaryDirectory(prefix="heartsound-bundle-") as tmp:
-        platform = None
-        if args.download_deps:
-            machine, _, glibc = args.platform.partition(":")
-            platform = (db.manylinux_platforms(machine, glibc or "2.17"), args.python_version)
-        bundle = _bundle(args, Path(tmp) / "bundle", platform)
+        bundle = _bundle(args, Path(tmp) / "bundle", target)
+        built_for = bundle.manifest.get("target")
+        if built_for and built_for != target.to_manifest():
+            raise UsageError(f"{args.bundle}: its wheels are for "
+                             f"{WheelTarget.from_manifest(built_for).describe()}, not "
+                             f"{target.describe()}; give --platform/--python-version to match, "
+                             "or a new --bundle folder")
         out = build_offline_bundle(bundle, args.offline_bundle)
-    print(f"wrote {out} (sha256 {archive_sha256(out)}); on the device: tar -xzf {out.name} "
-          f"&& sh heartsound-{bundle.version}-offline/install.sh")
+    deps = ", ".join(f"{name} {d['version']}"
+                     for name, d in bundle.manifest["dependencies"].items())
+    print(f"wrote {out} (sha256 {archive_sha256(out)}), wheels for {target.describe()}: "
+          f"heartsound {bundle.version}, {deps}")
+    print(f"on the device: tar -xzf {out.name} && sh {top_folder(bundle)}/install.sh")
+    print(f"or into a venv of your own: {install_line(bundle)}")
     return 0
 
 
