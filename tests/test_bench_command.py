@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("front_end_ms", "interpreter_ms", "window_ms", "recording_window_ms")
@@ -41,3 +44,41 @@ def test_bench_table_and_bad_arguments():
     assert table.returncode == 0, table.stderr
     assert "whole window" in table.stdout and "peak RSS" in table.stdout
     assert _bench("--runs", "0").returncode == 2
+
+
+def test_bench_baseline_names_the_command_that_writes_the_run(tmp_path):
+    """The README's `--baseline runs/default` on a checkout without runs/: one line that
+    says which command writes that folder, usage exit code, no traceback."""
+    result = _bench("--baseline", str(tmp_path), "--runs", "1", "--warmup", "0")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "not a training run folder" in lines[0] and "`invoke pipeline` writes" in lines[0]
+
+
+@pytest.mark.slow
+def test_bench_runs_from_the_wheel_in_a_fresh_venv(tmp_path):
+    """`pip install` the wheel into a new venv and bench from outside any checkout: the
+    recording it times must come with the package (it used to say "no example recordings
+    found"). The venv reuses this machine's numpy and LiteRT; the wheel goes in with
+    --no-index, so nothing is downloaded."""
+    from edge.deploy_bundle import build_wheel
+
+    wheel = build_wheel(tmp_path / "wheel")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True, timeout=120)
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--no-index",
+                    "--no-deps", "--force-reinstall", "--disable-pip-version-check", str(wheel)],
+                   check=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HEARTSOUND_MODEL")}
+    out = tmp_path / "elsewhere"
+    out.mkdir()
+    result = subprocess.run([str(venv / "bin/heartsound"), "bench", "--runs", "5", "--warmup",
+                             "1", "--json"], capture_output=True, text=True, cwd=out, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert Path(figures["recording"]).resolve().is_relative_to(venv.resolve())
+    assert figures["recording"].endswith("physionet_a0336_abnormal.wav")
+    assert figures["window_ms"]["mean"] > 0

@@ -21,6 +21,8 @@ from edge.spec import RECORDING_NORMALISATIONS, FeatureSpec
 
 MODEL_FILE = "model.keras"
 SPEC_FILE = "spec.json"
+DEFAULT_RUN = "runs/default"
+"""The run folder `invoke pipeline` trains (tasks.RUN_DIR) and the packaged model comes from."""
 
 
 def float_windows(features: np.ndarray, spec: FeatureSpec) -> np.ndarray:
@@ -75,7 +77,8 @@ def load_float_model(run_dir: Path):
 def _run_spec(run_dir: Path, spec: FeatureSpec) -> FeatureSpec:
     if not (run_dir / MODEL_FILE).is_file() or not (run_dir / SPEC_FILE).is_file():
         raise UsageError(f"{run_dir}: not a training run folder (no {MODEL_FILE} or "
-                         f"{SPEC_FILE}); pass the folder written by `heartsound train`")
+                         f"{SPEC_FILE}); `invoke pipeline` writes {DEFAULT_RUN}, "
+                         "`heartsound train --out RUN_DIR` any other")
     run_spec = FeatureSpec.from_json((run_dir / SPEC_FILE).read_text())
     if run_spec != spec:
         raise ModelError(f"{run_dir}: trained on another front end than the benchmarked model; "
