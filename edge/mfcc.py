@@ -101,7 +101,9 @@ def _block_float(windowed: np.ndarray, tab: FrontEndTables,
     shift = bit_length(peak) - tab.fft_in_bits                  # frame exponent s
     scaled = round_shift(windowed, shift[:, None]).T            # |v| <= 2^fft_in_bits
     rows = tab.bitrev[tab.bitrev < scaled.shape[0]]             # zero padding stays 0
-    out = np.zeros_like(scaled, shape=(n_fft, scaled.shape[1]))
+    # C order: zeros_like would copy the transposed (Fortran) layout of `scaled`, and the
+    # FFT's row reshapes then copied every stage (cProfile: 40 % of the front end).
+    out = np.zeros_like(scaled, shape=(n_fft, scaled.shape[1]), order="C")
     out[np.flatnonzero(tab.bitrev < scaled.shape[0])] = scaled[rows]
     return out, shift
 
