@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default %(default)s)")
     parser.add_argument("--baseline", type=Path, metavar="RUN_DIR",
                         help="also time the float64 reference front end + float Keras model "
-                        "of this training run (host only) and print the ratio")
+                        "of this training run (host only) and print the ratio; `invoke "
+                        "pipeline` writes runs/default, the packaged model's run")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
@@ -110,7 +111,7 @@ def _table(f: dict) -> str:
                                             ("mean", "p50", "p95", "p99", "max")))
     rows += _fair_lines(f)
     for call, ratio in f.get("speedup_vs_float", {}).items():
-        rows.append(f"whole window is {ratio:5.1f}x faster than the float reference front end "
+        rows.append(f"whole window at {ratio:5.1f}x the speed of the float reference front end "
                     f"+ float Keras model ({KERAS_CALL_NAMES[call]}; medians)")
     rows.append(f"peak RSS {f['peak_rss_mb']:.1f} MB")
     return "\n".join(rows)
