@@ -3,9 +3,13 @@
 Runs apart from the caller because the TFLite converter can die with a segmentation
 fault (Keras 3 recurrent layers, tf-keras GRU) instead of raising. Usage:
 
-    python -m convert._convert_child MODEL FRAMEWORK REPRESENTATIVE.npy OUT.tflite ERROR.json
+    python -m convert._convert_child MODEL FRAMEWORK REPRESENTATIVE.npy OUT.tflite ERROR.json \
+        [PRECISION]
 
 FRAMEWORK is ``tf_keras`` or ``keras`` (which library saved MODEL) or ``saved_model``.
+PRECISION is ``int8`` (default: full-integer, calibrated on REPRESENTATIVE) or ``float32``
+(no optimisation: the float model as a Pi would run it without heartsound's int8 path;
+REPRESENTATIVE then only gives the input shape).
 A problem the caller should report as one line is written to ERROR.json and the exit
 status is :data:`EXIT_USER_ERROR`.
 """
@@ -62,7 +66,8 @@ def _converter(path: str, framework: str, frame_shape: tuple[int, ...]):
 
 
 def main(argv: list[str]) -> int:
-    model_path, framework, rep_path, out_path, err_path = argv
+    model_path, framework, rep_path, out_path, err_path, *rest = argv
+    precision = rest[0] if rest else "int8"
     from train.tensorflow_quiet import import_tensorflow
 
     tf = import_tensorflow()
@@ -73,11 +78,12 @@ def main(argv: list[str]) -> int:
         with open(err_path, "w") as f:
             json.dump({"message": problem}, f)
         return EXIT_USER_ERROR
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([w[None]] for w in rep)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    if precision == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([w[None]] for w in rep)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
     with open(out_path, "wb") as f:
         f.write(converter.convert())
     return 0

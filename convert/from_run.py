@@ -21,9 +21,9 @@ import numpy as np
 
 from convert.bias_correction import correct_logit_bias
 from convert.interpreter_runs import float_inputs, run_float
-from convert.metadata import add_metadata, build_document
+from convert.metadata import add_metadata, build_document, float_document
 from convert.ops import check_tflm_ops
-from convert.quantize import check_representative, to_int8
+from convert.quantize import check_representative, to_float32, to_int8
 from convert.run_folder import RunFolder
 from edge.errors import ModelError, UsageError
 from edge.interpreter import Classifier
@@ -66,6 +66,16 @@ def convert_run(run: RunFolder, version: str | None = None) -> bytes:
     model = add_metadata(model, document)
     read_model_meta(model, spec=run.spec, name="converted model")  # the device's own check
     return model
+
+
+def convert_float_companion(run: RunFolder, int8_model: bytes) -> bytes:
+    """The run's float Keras model as a float32 .tflite, with the int8 model's metadata
+    (:func:`convert.metadata.float_document`): `heartsound bench`'s fair baseline."""
+    rep = run.representative()
+    model = to_float32(str(run.model_path), rep, spec=run.spec, architecture=run.architecture)
+    grid = bool(run.metrics.get("config", {}).get("int8_inputs"))
+    document = float_document(int8_model, model, "int8_grid" if grid else "features")
+    return add_metadata(model, document)
 
 
 def correct_run_bias(run: RunFolder, model: bytes, rep) -> tuple[bytes, dict]:

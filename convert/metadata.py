@@ -13,13 +13,14 @@ alignment; only the few kilobytes of old header become unused bytes. The reader 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import struct
 from importlib import metadata as pkg_metadata
 
 from edge.errors import ModelError
-from edge.model_meta import METADATA_FORMAT, METADATA_NAME
+from edge.model_meta import FLOAT_PRECISION, METADATA_FORMAT, METADATA_NAME, read_model_meta
 from edge.spec import FeatureSpec
 from edge.tflite_file import (
     BUFFER_OFFSET,
@@ -74,6 +75,24 @@ def build_document(model: bytes, *, spec: FeatureSpec, class_names: list[str] | 
         "training": training or {},
         "bias_correction": bias_correction or {"applied": False},
     }
+
+
+FLOAT_INPUTS = ("features", "int8_grid")
+"""What the float32 companion takes: the int16 features as floats, or (runs trained on
+the int8 input grid) the int8 model input dequantised, as training fed it."""
+
+
+def float_document(int8_model: bytes, float_model: bytes, float_input: str) -> dict:
+    """The int8 model's document for its float32 companion: same spec, classes, threshold
+    and version, the float tensors, and the int8 file's sha256 that ties the two."""
+    if float_input not in FLOAT_INPUTS:
+        raise ModelError(f"float input {float_input!r} must be one of {FLOAT_INPUTS}")
+    parsed = parse_tflite(float_model, "float32 model")
+    inp, out = parsed.input_tensors[0], parsed.output_tensors[0]
+    return read_model_meta(int8_model).document | {
+        "precision": FLOAT_PRECISION, "input": inp.quant(), "output": out.quant(),
+        "float_input": float_input,
+        "int8_model_sha256": hashlib.sha256(int8_model).hexdigest()}
 
 
 def add_metadata(model: bytes, document: dict, name: str = METADATA_NAME) -> bytes:

@@ -85,19 +85,35 @@ def to_int8(model_or_path: object, representative: np.ndarray, *,
                         timeout_s=timeout_s)[name]
 
 
+def to_float32(model_or_path: object, representative: np.ndarray, *,
+               spec: FeatureSpec | None = None, architecture: str | None = None,
+               timeout_s: float = CONVERT_TIMEOUT_S) -> bytes:
+    """Float32 flatbuffer of the same Keras model, no optimisation: what a Raspberry Pi
+    would run without the int8 work, and so the fair speed baseline of `heartsound bench`
+    (same LiteRT, same process). ``representative`` only gives the input shape."""
+    name = architecture or ""
+    return to_int8_many({name: model_or_path}, representative, spec=spec, workers=1,
+                        timeout_s=timeout_s, precision=FLOAT32)[name]
+
+
+INT8, FLOAT32 = "int8", "float32"
+
+
 def to_int8_many(models: dict[str, object], representative: np.ndarray, *,
                  spec: FeatureSpec | None = None, workers: int = 2,
-                 timeout_s: float = CONVERT_TIMEOUT_S) -> dict[str, bytes]:
+                 timeout_s: float = CONVERT_TIMEOUT_S,
+                 precision: str = INT8) -> dict[str, bytes]:
     """:func:`to_int8` for several models (keyed by architecture name), ``workers`` child
     processes at a time: most of a conversion is the child importing TensorFlow, so two
-    run in the time of one on two cores. Models are saved one by one in this process."""
+    run in the time of one on two cores. Models are saved one by one in this process.
+    ``precision=FLOAT32`` converts without quantisation (:func:`to_float32`)."""
     rep = check_representative(representative, spec)
     with tempfile.TemporaryDirectory(prefix="heartsound-convert-") as tmp:
         jobs = []
         for i, (name, model) in enumerate(models.items()):
             folder = Path(tmp) / str(i)
             folder.mkdir()
-            jobs.append(_stage(model, name, rep, folder))
+            jobs.append(_stage(model, name, rep, folder, precision))
         with ThreadPoolExecutor(max(1, workers)) as pool:
             results = list(pool.map(lambda job: _convert_staged(job, timeout_s), jobs))
     return dict(zip(models, results, strict=True))
@@ -111,25 +127,27 @@ class _Job:
     folder: Path
     model_path: Path
     framework: str
+    precision: str
 
 
-def _stage(model: object, name: str, rep: np.ndarray, folder: Path) -> _Job:
+def _stage(model: object, name: str, rep: np.ndarray, folder: Path, precision: str) -> _Job:
     model_path, framework, label = _stage_model(model, folder, rep.shape[1:])
     np.save(folder / "representative.npy", rep)
-    return _Job(name or label, folder, model_path, framework)
+    return _Job(name or label, folder, model_path, framework, precision)
 
 
 def _convert_staged(job: _Job, timeout_s: float) -> bytes:
     out, err, log = job.folder / "model.tflite", job.folder / "error.json", job.folder / "log"
     args = [str(job.model_path), job.framework, str(job.folder / "representative.npy"),
-            str(out), str(err)]
+            str(out), str(err), job.precision]
     code = _run_child(args, log, timeout_s, job.label)
     if code == EXIT_USER_ERROR and err.exists():
         raise ModelError(f"{job.label}: {json.loads(err.read_text())['message']}")
     if code != 0 or not out.exists():
         raise ModelError(_failure_message(job.label, code, log.read_text(errors="replace")))
     data = out.read_bytes()
-    _check_full_int8(data, job.label)
+    if job.precision == INT8:
+        _check_full_int8(data, job.label)
     return data
 
 

@@ -28,7 +28,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "edge.commands.bench",
         "measure front-end and model latency on this device",
         "Time the fixed-point front end, the interpreter and a whole analysis window, "
-        "like TFLite's benchmark_model.",
+        "like TFLite's benchmark_model, on a real recording shipped with heartsound. Beside "
+        "the int8 model on the reference kernels (what screening runs, bit-exact with the "
+        "microcontroller), the same process times it on LiteRT's optimised kernels and the "
+        "model's float32 companion (MODEL.float32.tflite, written by `heartsound convert`) on "
+        "the same LiteRT, prints the ratios (medians) and how often the two int8 kernel sets "
+        "differ in output bits and decisions.",
     ),
     "history": (
         "edge.commands.history",

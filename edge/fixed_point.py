@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 
-_BITLEN_STEPS = (32, 16, 8, 4, 2, 1)
+_POWERS_OF_TWO = np.left_shift(np.int64(1), np.arange(63, dtype=np.int64))  # 2^0 .. 2^62
 
 
 def bit_length(values: np.ndarray) -> np.ndarray:
-    """Bits needed for each non-negative int64 (0 for 0), by a 6-step binary search.
+    """Bits needed for each non-negative int64 (0 for 0): how many of 2^0 .. 2^62 are <= v.
 
-    A branch-free search instead of a float log2 keeps the path integer-only.
+    One integer binary search in C (``searchsorted``) instead of a float log2 keeps the
+    path integer-only; it replaced six rounds of numpy shifts (the profile's second
+    largest cost). The C twin counts leading zeros.
     """
-    v = values
-    n = np.zeros_like(values)
-    for step in _BITLEN_STEPS:
-        big = (v >> step) != 0
-        v = v >> (big * step)
-        n = n + big * step
-    return n + (v != 0)
+    n = np.searchsorted(_POWERS_OF_TWO, values, side="right")
+    return n.astype(np.int64, copy=False)
 
 
 def round_shift(values: np.ndarray, shift: np.ndarray | int) -> np.ndarray:

@@ -9,8 +9,9 @@ kernels without a delegate are not enough either: measured on the shipped CNN, t
 from TFLite Micro (the microcontroller) by 1-4 LSB on some windows, and a per-channel 1x1
 convolution differed on every window, which flipped recordings near the threshold. Only
 the reference kernels give TFLite Micro's bits. So every interpreter here is built with
-``OpResolverType.BUILTIN_REF`` (about 1.5 ms per window here instead of 0.2 ms, nothing
-next to a one-second window hop), and the caller is told which package was used.
+``OpResolverType.BUILTIN_REF`` (about 0.8 ms per window here instead of 0.07 ms with
+the optimised kernels, nothing next to a one-second window hop; `heartsound bench` times
+both), and the caller is told which package was used.
 
 Feature -> int8 input, in integer arithmetic (what a microcontroller does too)::
 
@@ -48,6 +49,7 @@ from edge.errors import ModelError
 __all__ = [
     "BACKENDS",
     "BACKEND_ENV",
+    "KERNELS",
     "Classifier",
     "Prediction",
     "Quantisation",
@@ -64,6 +66,11 @@ BACKENDS: tuple[tuple[str, str], ...] = (
 #: Set to one backend's import name to force it (tests run both device interpreters).
 BACKEND_ENV = "HEARTSOUND_INTERPRETER"
 RESOLVER = "BUILTIN_REF"
+#: Kernel sets by name -> OpResolverType. ``reference`` is what screening runs (TFLite
+#: Micro's bits); ``optimised`` (LiteRT's built-in kernels, no delegate) and ``default``
+#: (what a plain Interpreter does: XNNPACK for float models) only for `heartsound bench`.
+KERNELS = {"reference": RESOLVER, "optimised": "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
+           "default": "AUTO"}
 INT8_MIN, INT8_MAX = -128, 127
 MULT_BITS = 31  # the input multiplier M lies in [2^30, 2^31): 31 significant bits
 INSTALL_HINT = "install one with `pip install ai-edge-litert` (or tflite-runtime on older Pis)"
@@ -123,12 +130,13 @@ def _choose_backend(backend: str | None):
 
 
 def load_interpreter(model: str | os.PathLike | bytes, *, backend: str | None = None,
-                     num_threads: int = 1) -> tuple[object, str]:
+                     num_threads: int = 1, kernels: str = "reference") -> tuple[object, str]:
     """(allocated interpreter, backend import name) for a .tflite path or its bytes.
 
-    Always the built-in kernels without default delegates, so the int8 results are the
-    same under every backend. ``backend`` (or ``$HEARTSOUND_INTERPRETER``) forces one;
-    otherwise ai_edge_litert, then tflite_runtime, then tensorflow.lite. One thread by
+    The reference kernels (``kernels``: see :data:`KERNELS`), so the int8 results are the
+    same under every backend and on the microcontroller. ``backend`` (or
+    ``$HEARTSOUND_INTERPRETER``) forces one; otherwise ai_edge_litert, then
+    tflite_runtime, then tensorflow.lite. One thread by
     default: the model is tiny and threads only add jitter on a Pi.
     """
     data = model_bytes(model)
@@ -138,7 +146,7 @@ def load_interpreter(model: str | os.PathLike | bytes, *, backend: str | None = 
         interpreter = interpreter_cls(
             model_content=data,
             num_threads=num_threads,
-            experimental_op_resolver_type=getattr(resolver_enum, RESOLVER),
+            experimental_op_resolver_type=getattr(resolver_enum, KERNELS[kernels]),
         )
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
@@ -232,10 +240,11 @@ class Classifier:
     """
 
     def __init__(self, model: str | os.PathLike | bytes, *, feature_frac_bits: int = 0,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, kernels: str = "reference") -> None:
         data = model_bytes(model)
         self.sha256 = hashlib.sha256(data).hexdigest()
-        self.interpreter, self.backend = load_interpreter(data, backend=backend)
+        self.interpreter, self.backend = load_interpreter(data, backend=backend,
+                                                          kernels=kernels)
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:

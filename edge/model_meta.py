@@ -29,6 +29,13 @@ METADATA_FORMAT = 1
 QUANTISED_TYPE = "int8"
 """The only tensor type the edge runtime and TFLite Micro model inputs/outputs use."""
 
+FLOAT_SUFFIX = ".float32.tflite"
+"""``model.tflite`` -> ``model.float32.tflite``: the float32 companion `heartsound convert`
+writes beside every int8 model. Never screened with (the reader below refuses float
+tensors); `heartsound bench` times it as the fair baseline: what a Pi runs without the
+int8 path, on the same LiteRT."""
+FLOAT_PRECISION = "float32"
+
 
 @dataclass(frozen=True)
 class ModelMeta:
@@ -149,3 +156,24 @@ def _check_recorded_quant(name: str, role: str, recorded: object, actual: Tensor
         raise ModelError(f"{name}: metadata {role} quantisation {recorded!r} disagrees with the "
                          f"model's {role} tensor (scale {want['scale']:.6g}, zero point "
                          f"{want['zero_point']}); convert the model again")
+
+
+def float_companion_path(model: str | Path) -> Path:
+    """Where the float32 companion of the int8 model ``model`` lives (may not exist)."""
+    path = Path(model)
+    return path.with_name(path.name.removesuffix(".tflite") + FLOAT_SUFFIX)
+
+
+def read_float_companion(path: str | Path, int8_sha256: str) -> dict:
+    """The metadata document of a float32 companion, checked to belong to the int8 model
+    whose file hash is ``int8_sha256`` (a stale companion would time another model)."""
+    parsed = read_tflite(path)
+    doc = _document(parsed)
+    dtypes = {t.dtype for t in (*parsed.input_tensors, *parsed.output_tensors)}
+    if doc.get("precision") != FLOAT_PRECISION or dtypes != {FLOAT_PRECISION}:
+        raise ModelError(f"{parsed.name}: not a float32 companion model (tensors "
+                         f"{', '.join(sorted(dtypes))}); convert the int8 model again")
+    if doc.get("int8_model_sha256") != int8_sha256:
+        raise ModelError(f"{parsed.name}: belongs to another int8 model than the one beside "
+                         "it; convert again to write both together")
+    return doc

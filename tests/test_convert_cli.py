@@ -83,6 +83,43 @@ def test_model_carries_the_runs_contract(converted, run):
     assert not list(model.parent.glob(".*.tmp"))  # atomic write left nothing behind
 
 
+def test_float32_companion_is_the_runs_float_model_with_its_metadata(converted, run):
+    """Beside the int8 model: the same float model as float32 .tflite (bench's fair
+    baseline), carrying the int8 model's metadata and tied to its file by sha256; its
+    outputs on the run's real calibration windows are the Keras model's."""
+    import hashlib
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    from convert.interpreter_runs import run_float
+    from edge.interpreter import Classifier
+    from edge.model_meta import float_companion_path, read_float_companion
+
+    model, printed = converted
+    companion = float_companion_path(model)
+    assert companion.name == "model_int8.float32.tflite" and companion.name in printed
+    doc = read_float_companion(companion, hashlib.sha256(model.read_bytes()).hexdigest())
+    meta = read_model_meta(model)
+    for key in ("spec", "class_names", "threshold", "version", "normal_class"):
+        assert doc[key] == meta.document[key], key
+    assert doc["input"]["dtype"] == doc["output"]["dtype"] == "float32"
+    with pytest.raises(Exception, match="float32"):  # never screened with
+        read_model_meta(companion)
+    windows = np.load(run / "representative.npy")[:50]
+    device = Classifier(model)
+    x = (device.input_quant.dequantise(device.quantise(windows))
+         if doc["float_input"] == "int8_grid" else windows.astype(np.float32))
+    interp = Interpreter(model_path=str(companion))
+    interp.allocate_tensors()
+    i, o = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+    outs = []
+    for w in x:
+        interp.set_tensor(i, w[None])
+        interp.invoke()
+        outs.append(interp.get_tensor(o)[0].copy())
+    np.testing.assert_allclose(np.array(outs), run_float(run / "model.keras", x), atol=1e-5)
+
+
 def test_printed_sizes_ops_and_macs_are_the_models(converted):
     model, printed = converted
     data = model.read_bytes()
@@ -199,7 +236,7 @@ def test_bench_baseline_times_the_runs_float_pipeline(converted, run):
         assert 0 < baseline[stage]["p50"] <= baseline[stage]["max"], stage
     for call in calls:
         assert figures["speedup_vs_float"][call] == pytest.approx(
-            baseline[f"window_{call}_ms"]["mean"] / figures["window_ms"]["mean"])
+            baseline[f"window_{call}_ms"]["p50"] / figures["window_ms"]["p50"])
 
 
 @pytest.mark.parametrize(("normalise", "max_lsb"), [

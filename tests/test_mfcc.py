@@ -37,7 +37,8 @@ def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
 # ---- integer helpers -------------------------------------------------------------------
 def test_bit_length_matches_python() -> None:
     rng = np.random.default_rng(1)
-    values = np.concatenate([[0, 1, 2, 3, (1 << 62) - 1, 1 << 62],
+    edges = [v for k in range(63) for v in ((1 << k) - 1, 1 << k, (1 << k) + 1)]
+    values = np.concatenate([[0, 1, 2, 3, (1 << 62) - 1, 1 << 62, (1 << 63) - 1], edges,
                              rng.integers(0, 1 << 62, 2000, dtype=np.int64) >> rng.integers(
                                  0, 62, 2000)])
     expected = [int(v).bit_length() for v in values]

@@ -21,6 +21,8 @@ from edge.spec import RECORDING_NORMALISATIONS, FeatureSpec
 
 MODEL_FILE = "model.keras"
 SPEC_FILE = "spec.json"
+DEFAULT_RUN = "runs/default"
+"""The run folder `invoke pipeline` trains (tasks.RUN_DIR) and the packaged model comes from."""
 
 
 def float_windows(features: np.ndarray, spec: FeatureSpec) -> np.ndarray:
@@ -72,10 +74,13 @@ def load_float_model(run_dir: Path):
                              "train the run again") from None
 
 
-def _run_spec(run_dir: Path, spec: FeatureSpec) -> FeatureSpec:
+def check_run(run_dir: Path, spec: FeatureSpec) -> FeatureSpec:
+    """The run's spec, after checking it is a training run of the benchmarked model's front
+    end (one-line errors)."""
     if not (run_dir / MODEL_FILE).is_file() or not (run_dir / SPEC_FILE).is_file():
         raise UsageError(f"{run_dir}: not a training run folder (no {MODEL_FILE} or "
-                         f"{SPEC_FILE}); pass the folder written by `heartsound train`")
+                         f"{SPEC_FILE}); `invoke pipeline` writes {DEFAULT_RUN}, "
+                         "`heartsound train --out RUN_DIR` any other")
     run_spec = FeatureSpec.from_json((run_dir / SPEC_FILE).read_text())
     if run_spec != spec:
         raise ModelError(f"{run_dir}: trained on another front end than the benchmarked model; "
@@ -115,7 +120,7 @@ def bench_float(run_dir: str | Path, pcm: np.ndarray, spec: FeatureSpec, runs: i
     the route named next to it.
     """
     run_dir = Path(run_dir)
-    spec = _run_spec(run_dir, spec)
+    spec = check_run(run_dir, spec)
     model = load_float_model(run_dir)
     audio = window_audio(pcm, spec)
 
