@@ -106,7 +106,8 @@ def _pull(args: argparse.Namespace, path: Path) -> int:
     from edge.screening_log import ScreeningLog
 
     entries = read_hosts(args.hosts)  # a bad line stops everything before any connection
-    options = DeployOptions(root=args.root, key=args.key, known_hosts=args.known_hosts)
+    options = DeployOptions(root=args.root, key=args.key, known_hosts=args.known_hosts,
+                            link_timeout=args.link_timeout)
     with ScreeningLog(path) as log, tempfile.TemporaryDirectory(prefix="hs-pull-") as tmp:
         rows = fleet.pull_logs(entries, options, log, Path(tmp))
     print(fleet.pull_table(rows, path))
