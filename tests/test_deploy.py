@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -738,3 +739,29 @@ def test_rollback_after_rollback_and_deploy_goes_to_what_ran_before(sshd, bundle
     d = remote.deploy(bundle, target, options(sshd, root, keep=2))
     assert a in releases(root) and d in releases(root)  # running d and previous a stay
     assert (root / remote.HISTORY).read_text().split() == [a, d]
+
+
+# ---------------------------------------------------------------------------------------------
+# by hand on the device: the release's model and the installation's log
+
+
+def test_hand_screening_on_the_device_uses_the_release_model_and_log(sshd, project_wheel,
+                                                                     tmp_path):
+    """deploy --model X: `current/bin/heartsound screen` typed on the device (no service
+    environment) screens with X and logs to ROOT/data, where history --pull reads."""
+    other = tmp_path / "other_int8.tflite"  # the shipped model plus trailing bytes: another
+    other.write_bytes((REPO / "edge/models/heartsound_int8.tflite").read_bytes() + bytes(16))
+    bundle = build_bundle(tmp_path / "bundle", wheel=project_wheel, model=other)
+    root = tmp_path / "heartsound"
+    remote.deploy(bundle, remote.Target.parse(sshd.address), options(sshd, root))
+    home = tmp_path / "home"  # the login's home for the hand command, to see what lands there
+    home.mkdir()
+    res = on_device(sshd, f"env -u HEARTSOUND_HOME -u HEARTSOUND_MODEL HOME={home} "
+                          f"{root}/current/bin/heartsound screen --json "
+                          f"{EXAMPLES / 'physionet_b0001_normal.wav'}")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["model_sha256"] == sha256_file(other)
+    assert not (home / ".heartsound").exists()
+    with sqlite3.connect(root / "data" / "screenings.db") as db:
+        assert db.execute("SELECT model_sha256 FROM screenings").fetchall() == [
+            (sha256_file(other),)]

@@ -22,7 +22,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="int8 .tflite model (default: "
-                        "$HEARTSOUND_MODEL, else the model shipped with heartsound)")
+                        "$HEARTSOUND_MODEL, else the deployed release's model, else the model "
+                        "shipped with heartsound)")
     parser.add_argument("--wav", type=Path, help="real recording to time on (default: the "
                         "first example recording)")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per stage "

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `heartsound history`."""
     parser.add_argument("--db", metavar="PATH", default=None,
                         help="screening log (default: $HEARTSOUND_HOME/screenings.db, "
-                             "HEARTSOUND_HOME defaulting to ~/.heartsound)")
+                             "HEARTSOUND_HOME defaulting to the deployed release's "
+                             "data folder, else ~/.heartsound)")
     parser.add_argument("--patient", metavar="ID", default=None,
                         help="only the screenings of this patient id")
     parser.add_argument("--limit", metavar="N", type=_positive, default=None,
