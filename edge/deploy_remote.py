@@ -651,10 +651,11 @@ class _ReadBack:
     note: str = ""
 
 
-def _clean_up(dev: Device, target: Target, options: DeployOptions, root: str, name: str,
-              token: str) -> _ReadBack:
-    """Read back `current`, and if this deploy still holds the lock remove its half-made
-    release and the lock; over the same connection if alive, else one fresh one."""
+def _clean_up(dev: Device, target: Target, options: DeployOptions, root: str,
+              name: str | None, token: str) -> _ReadBack:
+    """Read back `current`, and if this run still holds the lock remove the lock and its
+    half-made release `name` (a deploy's; None for a rollback); over the same connection
+    if alive, else one fresh one."""
     fresh = not dev.alive()
     for _ in range(2):
         try:
@@ -662,7 +663,8 @@ def _clean_up(dev: Device, target: Target, options: DeployOptions, root: str, na
                 dev = open_device(target, options)
             try:
                 names, current, incomplete = dev.releases(root)
-                half_made = (name in names or name in incomplete) and name != current
+                half_made = name is not None and name != current and (
+                    name in names or name in incomplete)
                 if not dev.holds_lock(root, token):
                     return _ReadBack(True, current)  # broken by another run: theirs now
                 if half_made:  # a switch just before the link died stands: it passed its smoke
@@ -676,8 +678,8 @@ def _clean_up(dev: Device, target: Target, options: DeployOptions, root: str, na
             if fresh:
                 break
             fresh = True
-    return _ReadBack(False, note=f"; the next deploy removes the lock and releases/{name} "
-                     "if it is half-made")
+    return _ReadBack(False, note="; the next deploy removes the lock" + (
+        f" and releases/{name} if it is half-made" if name else ""))
 
 
 def _runs_now(after: _ReadBack, before: str | None, name: str, switch_sent: bool) -> str:
@@ -694,7 +696,7 @@ def _runs_now(after: _ReadBack, before: str | None, name: str, switch_sent: bool
     if not switch_sent:
         was = (f"the device stays on {before}" if before
                else "no release was installed before, so none is current")
-        return f"{was} (the switch to the new release was never sent){after.note}"
+        return f"{was} (the switch to {name} was never sent){after.note}"
     return (f"what the device runs is unknown: the link failed while switching from "
             f"{before or 'no release'} to {name} and the device could not be reached to read "
             f"it back; check with heartsound deploy --list{after.note}")
@@ -753,7 +755,9 @@ def list_releases(target: Target, options: DeployOptions = DeployOptions()) -> d
 
 def rollback(target: Target, options: DeployOptions = DeployOptions(), *,
              note: Note | None = None) -> tuple[str, str]:
-    """Switch `current` to the release that ran before it (ROOT/history); (from, to)."""
+    """Switch `current` to the release that ran before it (ROOT/history); (from, to).
+
+    A failure says what the device runs, read back as after a failed deploy."""
     dev, root = _session(target, options)
     try:
         try:
@@ -762,42 +766,49 @@ def rollback(target: Target, options: DeployOptions = DeployOptions(), *,
             raise DeviceError(f"rollback on {target} stopped at {exc}; nothing was changed "
                               "on the device") from None
         try:
-            return _roll_back(dev, target, root)
-        finally:
-            if dev.alive():
+            current, back, history = _rollback_plan(dev, target, root)
+        except (StepFailed, DeviceError) as exc:
+            if dev.alive():  # nothing to do: let go of the lock
                 with contextlib.suppress(StepFailed):
                     dev.unlock(root, token)
+            if isinstance(exc, DeviceError):
+                raise
+            raise DeviceError(f"rollback on {target} stopped at {exc}; nothing was changed "
+                              "on the device") from None
+        switch_sent = False
+        try:
+            # the older release must still screen: rolling back onto a broken one
+            # (a damaged SD card, a removed system package) would be worse than staying
+            rel = f"{root}/releases/{back}"
+            manifest = json.loads(dev.read_text(f"{rel}/bundle/manifest.json"))
+            _smoke(dev, Bundle(Path(rel), manifest), root, rel)
+            switch_sent = True
+            dev.switch(root, back, history[:len(history) - history[::-1].index(back)])
+            dev.unlock(root, token)
+        except StepFailed as exc:
+            after = _clean_up(dev, target, options, root, None, token)
+            raise DeviceError(f"rollback on {target} to {back} failed at {exc}; "
+                              f"{_runs_now(after, current, back, switch_sent)}") from None
+        except ValueError:
+            dev.unlock(root, token)
+            raise DeviceError(f"rollback on {target}: {back} has no readable manifest; the "
+                              f"device stays on {current}") from None
+        return current, back
     finally:
         dev.close()
 
 
-def _roll_back(dev: Device, target: Target, root: str) -> tuple[str, str]:
-    """The rollback itself, under the lock: smoke-test the previous release, switch to it."""
-    try:
-        names, current, _ = dev.releases(root)
-        history = dev.history(root, current)
-    except StepFailed as exc:
-        raise DeviceError(f"rollback on {target} failed at {exc}; nothing was changed") from None
+def _rollback_plan(dev: Device, target: Target, root: str) -> tuple[str, str, list[str]]:
+    """(current, the release to go back to, the history) or a DeviceError saying why not."""
+    names, current, _ = dev.releases(root)
+    history = dev.history(root, current)
     if current not in names:
         raise DeviceError(f"{target}: no current release under {root}; deploy first")
     back = previous_release(history, names)
     if back is None:
         raise DeviceError(f"{target}: no release ran before {current} under {root}; "
                           "there is nothing to roll back to")
-    try:
-        # the older release must still screen: rolling back onto a broken one
-        # (a damaged SD card, a removed system package) would be worse than staying
-        rel = f"{root}/releases/{back}"
-        manifest = json.loads(dev.read_text(f"{rel}/bundle/manifest.json"))
-        _smoke(dev, Bundle(Path(rel), manifest), root, rel)
-        dev.switch(root, back, history[:len(history) - history[::-1].index(back)])
-    except StepFailed as exc:
-        raise DeviceError(f"rollback on {target} to {back} failed at {exc}; the device "
-                          f"stays on {current}") from None
-    except ValueError:
-        raise DeviceError(f"rollback on {target}: {back} has no readable manifest; the "
-                          f"device stays on {current}") from None
-    return current, back
+    return current, back, history
 
 
 def preflight(target: Target, options: DeployOptions = DeployOptions()) -> dict:
