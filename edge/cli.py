@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -74,7 +75,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "edge.commands.deploy",
         "install the runtime and model on a Raspberry Pi over SSH",
         "Build a bundle, upload it, verify it, smoke-test it and switch to it atomically, "
-        "keeping the previous version for rollback.",
+        "keeping the previous version for rollback. Every SSH step has a deadline: a link "
+        "that dies ends the command with exit 7 and one line saying what the device runs "
+        "now, read back from it (see --link-timeout for the bound).",
     ),
 }
 
@@ -112,9 +115,24 @@ def _command_module(module_name: str):
         raise
 
 
+# Libraries that log their own failures (paramiko's transport thread logs a "Mismatched
+# MAC" or "Socket exception" traceback when a link fails): their failures reach the user
+# as our one-line error instead; Python's last-resort handler would print them raw.
+QUIET_LIBRARY_LOGGERS = ("paramiko", "invoke", "fabric")
+
+
+def quiet_library_logging() -> None:
+    """Keep the loggers of SSH libraries off the terminal (the entry point's choice)."""
+    for name in QUIET_LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    quiet_library_logging()
     if args._module is None:
         print(
             f"heartsound: '{args.command}' is not part of this version yet; "

@@ -21,9 +21,13 @@ Every value from the user that reaches the remote shell goes through `shlex.quot
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shlex
+import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -38,6 +42,7 @@ from edge.deploy_bundle import (
 )
 from edge.deploy_bundle import ROOT_PLACEHOLDER as _ROOT
 from edge.deploy_bundle import USER_PLACEHOLDER as _USER
+from edge.deploy_link import LINK_TIMEOUT_S
 from edge.errors import DeviceError, UsageError
 from edge.offline_install import DATA_MODE, INCOMPLETE, RELEASE_NAME, release_name
 
@@ -45,21 +50,24 @@ DEFAULT_ROOT = "heartsound"  # relative: under the login user's home on the devi
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_PYTHON = "python3"
 DEFAULT_PORT = 22
-CONNECT_TIMEOUT_S = 15
 COMMAND_TIMEOUT_S = 600  # a pip install on a Pi Zero from wheels takes minutes
 SMOKE_TIMEOUT_S = 300
-CHANNEL_TIMEOUT_S = 60  # an SFTP write that gets no answer for this long is a dead link
+MIN_UPLOAD_BYTES_S = 10_000  # a transfer slower than this on a live link still gets done
 DEFAULT_KEEP = 3
 DEFAULT_MIN_FREE_MB = 40.0  # venv + pip + installed project beyond the bundle itself
 MB = 1 << 20
 LOCK = ".deploy.lock"
-STALE_LOCK_MIN = 60  # longer than any deploy step's timeout
+HISTORY = "history"  # in ROOT: the releases made current by deploys, oldest first
+HISTORY_KEEP = 50
+LOCK_OWNER = "owner"  # in LOCK: "token host pid device-session-pid epoch", one line
+STALE_LOCK_MIN = 60  # longer than any deploy's steps together
 NO_SPACE = ("No space left on device", "ENOSPC", "Errno 28", "Disk quota exceeded")
 # Where the device's files go must be expressible in a systemd unit and a shell word.
 SAFE_ROOT = re.compile(r"^[A-Za-z0-9._/+-]+$")
 ALLOWED_DECISIONS = ("normal", "abnormal", "unsure")
 
 Progress = Callable[[str, int, int], None]
+Note = Callable[[str], None]  # one line for the person deploying, beside the result
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,7 @@ class DeployOptions:
     offline: bool = False  # pip --no-index: only the bundle's wheels (and system packages)
     keep: int = DEFAULT_KEEP
     min_free_mb: float = DEFAULT_MIN_FREE_MB
-    connect_timeout: float = CONNECT_TIMEOUT_S
+    link_timeout: float = LINK_TIMEOUT_S  # see `edge.deploy_link`; --link-timeout
 
 
 class StepFailed(Exception):
@@ -144,8 +152,11 @@ def connect(target: Target, options: DeployOptions = DeployOptions()):
         if not key.is_file():
             raise UsageError(f"--key {key}: no such private key file")
         kwargs["key_filename"] = str(key)
+    # every phase of the connection has a deadline (paramiko waits an hour to open a channel)
+    limit = options.link_timeout
+    kwargs.update(banner_timeout=limit, auth_timeout=limit, channel_timeout=limit)
     conn = Connection(target.host, user=target.user, port=target.port, connect_kwargs=kwargs,
-                      connect_timeout=int(options.connect_timeout))
+                      connect_timeout=limit)
     known = Path(options.known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
     if known.is_file():
         conn.client.load_system_host_keys(str(known))
@@ -174,8 +185,25 @@ def connect(target: Target, options: DeployOptions = DeployOptions()):
     return conn
 
 
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _holder(owner: str) -> str:
+    words = owner.split()
+    if len(words) == 5:
+        return f"held by process {words[2]} on {words[1]}"
+    return "held by an older heartsound" if not owner else "holder unknown"
+
+
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = str(exc).strip().rstrip(":").splitlines()
     return text[-1] if text else type(exc).__name__
 
 
@@ -183,11 +211,27 @@ def _one_line(exc: BaseException) -> str:
 # the device, through one connection
 
 
-class Device:
-    """Remote commands for one deploy; each failure becomes a `StepFailed` with one line."""
+def open_device(target: Target, options: DeployOptions = DeployOptions()) -> Device:
+    """A verified connection with its link watch (`edge.deploy_link`), as a Device."""
+    return Device(connect(target, options), target, options.link_timeout)
 
-    def __init__(self, conn, target: Target) -> None:
-        self.conn, self.target = conn, target
+
+class Device:
+    """Remote commands for one deploy; each failure becomes a `StepFailed` with one line.
+
+    Every step runs under a deadline kept by a `LinkWatch`: a silent link or an overrun
+    step closes the connection under it, so no step can wait for ever.
+    """
+
+    def __init__(self, conn, target: Target, link_timeout: float = LINK_TIMEOUT_S) -> None:
+        from edge.deploy_link import LinkWatch
+
+        self.conn, self.target, self.link_timeout = conn, target, link_timeout
+        self.watch = LinkWatch(conn.client.get_transport(), link_timeout)
+
+    def close(self) -> None:
+        self.watch.stop()
+        self.conn.close()
 
     def run(self, step: str, command: str, *, timeout: float = COMMAND_TIMEOUT_S,
             check: bool = True):
@@ -195,16 +239,25 @@ class Device:
         from invoke.exceptions import CommandTimedOut
 
         try:
-            result = self.conn.run(command, hide=True, warn=True, in_stream=False,
-                                   timeout=timeout)
+            with self.watch.step(timeout + self.link_timeout):
+                result = self.conn.run(command, hide=True, warn=True, in_stream=False,
+                                       timeout=timeout)
         except CommandTimedOut:
-            raise StepFailed(step, f"no answer after {timeout:.0f} s") from None
+            raise self._lost(step, f"no answer after {timeout:.0f} s") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise StepFailed(step, f"connection lost ({_one_line(exc)})",
-                             connection_lost=True) from None
+            raise self._lost(step, f"connection lost ({_one_line(exc)})") from None
+        if self.watch.reason or (result.exited == -1 and not self.alive()):
+            raise self._lost(step, "connection lost")  # the channel closed under the command
         if check and result.exited != 0:
             raise StepFailed(step, _failure_text(result))
         return result
+
+    def _lost(self, step: str, reason: str) -> StepFailed:
+        """The step's failure, naming the watch's reason when the watch ended the link."""
+        if self.watch.reason:
+            return StepFailed(step, f"connection lost: {self.watch.reason}",
+                              connection_lost=True)
+        return StepFailed(step, reason, connection_lost=not self.alive())
 
     def alive(self) -> bool:
         transport = self.conn.client.get_transport()
@@ -283,28 +336,91 @@ class Device:
             raise ValueError(name)
         self.run("removing a release", _sh("rm", "-rf", "--", f"{root}/releases/{name}"))
 
-    def lock(self, root: str) -> None:
-        """One deploy or rollback at a time per ROOT (mkdir is atomic); a lock older than
-        STALE_LOCK_MIN belongs to a run whose connection died and is taken over."""
+    def lock(self, root: str, note: Note | None = None) -> str:
+        """One deploy or rollback at a time per ROOT (mkdir is atomic); return its token.
+
+        The lock's `owner` file says who holds it: a token, this host, this process and
+        the device's sshd session of the connection. A lock whose holder is gone (that
+        process ended on this host, or that session ended on the device, or older than
+        STALE_LOCK_MIN) is broken, and `note` is told so in one line.
+        """
         path = f"{root}/{LOCK}"
-        res = self.run("taking the deploy lock", " ; ".join([
-            _sh("find", path, "-maxdepth", "0", "-mmin", f"+{STALE_LOCK_MIN}", "-exec", "rm",
-                "-rf", "--", "{}", ";") + " 2>/dev/null",
-            _sh("mkdir", "--", path)]), check=False)
-        if res.exited != 0:
-            raise StepFailed("taking the deploy lock", f"another deploy or rollback to {root} "
-                             f"is running; wait for it, or remove {path} if none is")
+        token = uuid.uuid4().hex
+        take = (_sh("mkdir", "--", path) + " && printf '%s %s %s\\n' " +
+                _sh(f"{token} {socket.gethostname()} {os.getpid()}") +
+                f' "$PPID" "$(date +%s)" > {shlex.quote(path + "/" + LOCK_OWNER)}')
+        if self.run("taking the deploy lock", take, check=False).exited == 0:
+            return token
+        seen, why = self._stale_lock(path)
+        if why:
+            self.run("breaking a stale deploy lock", " && ".join([
+                f'[ "$(cat -- {shlex.quote(path + "/" + LOCK_OWNER)} 2>/dev/null)" = '
+                f"{shlex.quote(seen)} ]",
+                _sh("mv", "--", path, f"{path}.broken-{token}"),
+                _sh("rm", "-rf", "--", f"{path}.broken-{token}")]), check=False)
+            if self.run("taking the deploy lock", take, check=False).exited == 0:
+                if note:
+                    note(f"{self.target}: broke the deploy lock of a run that is gone ({why})")
+                return token
+        raise StepFailed("taking the deploy lock", f"another deploy or rollback to {root} "
+                         f"is running ({_holder(seen)}); wait for it, or remove {path} if "
+                         "none is")
 
-    def unlock(self, root: str) -> None:
-        self.run("releasing the deploy lock", _sh("rm", "-rf", "--", f"{root}/{LOCK}"))
+    def _stale_lock(self, path: str) -> tuple[str, str | None]:
+        """(owner line as read, why its holder is gone, or None while it may be alive)."""
+        res = self.run("reading the deploy lock", " ; ".join([
+            _sh("find", path, "-maxdepth", "0", "-mmin", f"+{STALE_LOCK_MIN}", "-printf",
+                "old\\n"),
+            _sh("cat", "--", f"{path}/{LOCK_OWNER}")]), check=False)
+        lines = res.stdout.splitlines()
+        old = bool(lines) and lines[0] == "old"
+        seen = "\n".join(lines[1:] if old else lines)
+        if old:
+            return seen, f"taken over {STALE_LOCK_MIN} min ago"
+        words = seen.split()
+        if len(words) != 5 or not all(w.isdigit() for w in words[2:]):
+            return seen, None
+        _, host, pid, session, _ = words
+        if host == socket.gethostname() and not _process_exists(int(pid)):
+            return seen, f"process {pid} on this host has ended"
+        gone = self.run("reading the deploy lock", f"[ -d /proc/self ] && ! [ -d /proc/{session} ]",
+                        check=False)
+        if gone.exited == 0:
+            return seen, f"its SSH session {session} on the device has ended"
+        return seen, None
 
-    def switch(self, root: str, name: str) -> None:
-        """Point `current` at releases/NAME: a new symlink renamed over the old one."""
-        tmp = f"{root}/.current-{name}"
+    def unlock(self, root: str, token: str) -> None:
+        """Remove the lock if `token` still holds it (a broken-and-retaken one is not ours)."""
+        path = f"{root}/{LOCK}"
+        self.run("releasing the deploy lock",
+                 f"read -r t rest < {shlex.quote(path + '/' + LOCK_OWNER)} && "
+                 f"[ \"$t\" = {shlex.quote(token)} ] && " + _sh("rm", "-rf", "--", path),
+                 check=False)
+
+    def holds_lock(self, root: str, token: str) -> bool:
+        """True when the lock on the device is still `token`'s (checked over any connection)."""
+        res = self.run("reading the deploy lock", _sh("cat", "--", f"{root}/{LOCK}/{LOCK_OWNER}"),
+                       check=False)
+        return res.exited == 0 and res.stdout.split()[:1] == [token]
+
+    def switch(self, root: str, name: str, history: list[str]) -> None:
+        """Point `current` at releases/NAME (a new symlink renamed over the old one) and
+        write ROOT/history as `history`, in one remote command."""
+        tmp, hist = f"{root}/.current-{name}", f"{root}/{HISTORY}"
         self.run("switching current", " && ".join([
             _sh("rm", "-f", "--", tmp),
             _sh("ln", "-s", "--", f"releases/{name}", tmp),
-            _sh("mv", "-T", "--", tmp, f"{root}/current")]))
+            _sh("printf", "%s\\n", *history[-HISTORY_KEEP:]) + " > " + _sh(f"{hist}.tmp"),
+            _sh("mv", "-T", "--", tmp, f"{root}/current"),
+            _sh("mv", "--", f"{hist}.tmp", hist)]))
+
+    def history(self, root: str, current: str | None) -> list[str]:
+        """The release stack, oldest first, ending with `current` (added if missing: a
+        device deployed before the history existed, or by the offline installer)."""
+        res = self.run("reading the release history", _sh("cat", "--", f"{root}/{HISTORY}"),
+                       check=False)
+        names = [n for n in res.stdout.split() if RELEASE_NAME.match(n)] if res.exited == 0 else []
+        return names + [current] if current and names[-1:] != [current] else names
 
     def read_text(self, path: str) -> str:
         return self.run("reading " + path, _sh("cat", "--", path)).stdout
@@ -324,39 +440,43 @@ def _failure_text(result) -> str:
 
 
 def deploy(bundle: Bundle, target: Target, options: DeployOptions = DeployOptions(), *,
-           progress: Progress | None = None) -> str:
+           progress: Progress | None = None, note: Note | None = None) -> str:
     """Install `bundle` as a new release and make it current; return the release name.
 
-    Raises DeviceError with one line naming the failed step and the release the device
-    stays on. `progress(file, bytes_sent, bytes_total)` is called during the upload.
+    Raises DeviceError with one line naming the failed step and what the device runs
+    now, as read back from it (or that it is unknown when the link allows no reading).
+    `progress(file, bytes_sent, bytes_total)` is called during the upload; `note` gets
+    one line when a stale lock is broken.
     """
-    conn = connect(target, options)
+    dev = open_device(target, options)
     try:
-        dev = Device(conn, target)
         try:
             dev.python_version(options.python)
             root = dev.prepare_root(options.root)
-            dev.lock(root)
+            token = dev.lock(root, note)
         except StepFailed as exc:
             raise DeviceError(f"deploy to {target} stopped at {exc}; nothing was changed on "
                               "the device") from None
         name = release_name(bundle.version)
-        current = None
+        before, switch_sent = None, False
         try:
-            names, current, incomplete = dev.releases(root)
+            names, before, incomplete = dev.releases(root)
+            history = dev.history(root, before) + [name]
             for stale in incomplete:  # left by a deploy whose connection died
                 dev.remove_release(root, stale)
             _check_space(dev, root, bundle, options)
-            _install(dev, conn, bundle, root, name, options, progress)
-            _prune(dev, root, name, options.keep)
-            dev.unlock(root)
+            _install(dev, bundle, root, name, options, progress)
+            switch_sent = True
+            dev.switch(root, name, history)
+            _prune(dev, root, history, options.keep)
+            dev.unlock(root, token)
         except StepFailed as exc:
-            left = _clean_up(dev, target, options, root, name)
-            raise DeviceError(f"deploy to {target} failed at {exc}; {_stays_on(current)}"
-                              f"{left}") from None
+            after = _clean_up(dev, target, options, root, name, token)
+            raise DeviceError(f"deploy to {target} failed at {exc}; "
+                              f"{_runs_now(after, before, name, switch_sent)}") from None
         return name
     finally:
-        conn.close()
+        dev.close()
 
 
 def _check_space(dev: Device, root: str, bundle: Bundle, options: DeployOptions) -> None:
@@ -372,16 +492,20 @@ def _disk_full(root: str, free: int, need: int | None = None) -> str:
             "or deploy to a --root on a bigger disk")
 
 
-def _install(dev: Device, conn, bundle: Bundle, root: str, name: str,
+def _install(dev: Device, bundle: Bundle, root: str, name: str,
              options: DeployOptions, progress: Progress | None) -> None:
+    """The release, complete and smoke-tested, beside `current` (not yet switched to)."""
     rel = f"{root}/releases/{name}"
     dev.run("creating the release folder", " && ".join([
         _sh("mkdir", "--", rel), _sh("touch", "--", f"{rel}/{INCOMPLETE}")]))
     try:
-        _upload(conn, bundle, f"{rel}/bundle", progress)
+        _upload(dev, bundle, f"{rel}/bundle", progress)
     except StepFailed as exc:
         if not exc.connection_lost and dev.alive():
-            free = dev.free_bytes(root)
+            try:
+                free = dev.free_bytes(root)
+            except StepFailed as probe:  # the write failed because the link was going
+                raise StepFailed(exc.step, probe.reason, connection_lost=True) from None
             if free < MB:
                 raise StepFailed(exc.step, _disk_full(root, free)) from None
         raise
@@ -393,41 +517,52 @@ def _install(dev: Device, conn, bundle: Bundle, root: str, name: str,
             if any(s in exc.reason for s in NO_SPACE):
                 raise StepFailed(step, _disk_full(root, dev.free_bytes(root))) from None
             raise
-    _write_config(conn, dev, bundle, root, rel)
+    _write_config(dev, bundle, root, rel)
     _smoke(dev, bundle, root, rel)
     dev.run("marking the release complete", _sh("rm", "-f", "--", f"{rel}/{INCOMPLETE}"))
-    dev.switch(root, name)
 
 
-def _upload(conn, bundle: Bundle, remote: str, progress: Progress | None) -> None:
-    """SFTP every bundle file, creating its folders; a dead link is a StepFailed."""
+def _upload(dev: Device, bundle: Bundle, remote: str, progress: Progress | None) -> None:
+    """SFTP every bundle file, creating its folders; a dead link is a StepFailed.
+
+    Each file has its own deadline (the link timeout plus its size at MIN_UPLOAD_BYTES_S);
+    a silent link is caught sooner by the keepalives of the link watch.
+    """
     import paramiko
 
     current = "opening SFTP"
     try:
-        sftp = conn.sftp()
-        sftp.get_channel().settimeout(CHANNEL_TIMEOUT_S)
+        with dev.watch.step(dev.link_timeout):
+            sftp = dev.conn.sftp()
+        sftp.get_channel().settimeout(dev.link_timeout)
         made = set()
         for rel in bundle.files:
             current = f"uploading {rel}"
-            parts = PurePosixPath(remote, rel).parent
-            for depth in range(len(PurePosixPath(remote).parts), len(parts.parts) + 1):
-                folder = str(PurePosixPath(*parts.parts[:depth]))
-                if folder not in made:
-                    try:
-                        sftp.stat(folder)
-                    except FileNotFoundError:
-                        sftp.mkdir(folder)
-                    made.add(folder)
-            callback = (lambda sent, total, f=rel: progress(f, sent, total)) if progress else None
-            sftp.put(str(bundle.path / rel), f"{remote}/{rel}", callback=callback)
+            size = (bundle.path / rel).stat().st_size
+            with dev.watch.step(dev.link_timeout + size / MIN_UPLOAD_BYTES_S):
+                _put(sftp, bundle.path / rel, remote, rel, made, progress)
     except (TimeoutError, paramiko.SSHException, EOFError) as exc:
-        raise StepFailed(current, f"connection lost ({_one_line(exc)})",
-                         connection_lost=True) from None
+        raise dev._lost(current, f"connection lost ({_one_line(exc)})") from None
     except OSError as exc:
-        lost = not (conn.client.get_transport() and conn.client.get_transport().is_active())
-        raise StepFailed(current, ("connection lost" if lost else "SFTP write failed") +
-                         f" ({_one_line(exc)})", connection_lost=lost) from None
+        if dev.watch.reason or not dev.alive():
+            raise dev._lost(current, f"connection lost ({_one_line(exc)})") from None
+        raise StepFailed(current, f"SFTP write failed ({_one_line(exc)})") from None
+
+
+def _put(sftp, local: Path, remote: str, rel: str, made: set[str],
+         progress: Progress | None) -> None:
+    """One file to remote/rel, creating the folders it needs (remembered in `made`)."""
+    parts = PurePosixPath(remote, rel).parent
+    for depth in range(len(PurePosixPath(remote).parts), len(parts.parts) + 1):
+        folder = str(PurePosixPath(*parts.parts[:depth]))
+        if folder not in made:
+            try:
+                sftp.stat(folder)
+            except FileNotFoundError:
+                sftp.mkdir(folder)
+            made.add(folder)
+    callback = (lambda sent, total: progress(rel, sent, total)) if progress else None
+    sftp.put(str(local), f"{remote}/{rel}", callback=callback)
 
 
 def _verify(dev: Device, bundle: Bundle, remote: str) -> None:
@@ -471,15 +606,23 @@ def _install_commands(bundle: Bundle, rel: str, options: DeployOptions) -> list[
     ]
 
 
-def _write_config(conn, dev: Device, bundle: Bundle, root: str, rel: str) -> None:
+def _write_config(dev: Device, bundle: Bundle, root: str, rel: str) -> None:
     """Fill ROOT and the login user into the config and unit, written to rel/etc/."""
+    import paramiko
+
     dev.run("writing the configuration", _sh("mkdir", "-p", "--", f"{rel}/etc"))
-    sftp = conn.sftp()
-    for template in (_CONFIG_TEMPLATE, UNIT_TEMPLATE):
-        text = (bundle.path / template).read_text()
-        text = text.replace(_ROOT, root).replace(_USER, conn.user or "root")
-        with sftp.open(f"{rel}/etc/{template.removesuffix('.in')}", "w") as f:
-            f.write(text)
+    try:
+        with dev.watch.step(2 * dev.link_timeout):
+            sftp = dev.conn.sftp()
+            sftp.get_channel().settimeout(dev.link_timeout)
+            for template in (_CONFIG_TEMPLATE, UNIT_TEMPLATE):
+                text = (bundle.path / template).read_text()
+                text = text.replace(_ROOT, root).replace(_USER, dev.conn.user or "root")
+                with sftp.open(f"{rel}/etc/{template.removesuffix('.in')}", "w") as f:
+                    f.write(text)
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise dev._lost("writing the configuration",
+                        f"connection lost ({_one_line(exc)})") from None
 
 
 def _smoke(dev: Device, bundle: Bundle, root: str, rel: str) -> None:
@@ -498,36 +641,86 @@ def _smoke(dev: Device, bundle: Bundle, root: str, rel: str) -> None:
                          f"from model {str(found.get('model_sha256'))[:12]}")
 
 
+@dataclass(frozen=True)
+class _ReadBack:
+    """What the device runs after a failure, as read from it; known=False if unreadable."""
+
+    known: bool
+    current: str | None = None
+    cleaned: bool = False  # the half-made release was removed
+    note: str = ""
+
+
 def _clean_up(dev: Device, target: Target, options: DeployOptions, root: str,
-              name: str) -> str:
-    """Remove the half-made release, reconnecting once if the link died; say what is left."""
-    for attempt in range(2):
+              name: str | None, token: str) -> _ReadBack:
+    """Read back `current`, and if this run still holds the lock remove the lock and its
+    half-made release `name` (a deploy's; None for a rollback); over the same connection
+    if alive, else one fresh one."""
+    fresh = not dev.alive()
+    for _ in range(2):
         try:
-            if attempt or not dev.alive():
-                dev = Device(connect(target, options), target)
-            names, current, incomplete = dev.releases(root)
-            # a switch that happened just before the link died stands: it passed its smoke
-            half_made = (name in names or name in incomplete) and name != current
-            if half_made:
-                dev.remove_release(root, name)
-            dev.unlock(root)
-            return "; the half-made release was removed" if half_made else ""
+            if fresh:
+                dev = open_device(target, options)
+            try:
+                names, current, incomplete = dev.releases(root)
+                half_made = name is not None and name != current and (
+                    name in names or name in incomplete)
+                if not dev.holds_lock(root, token):
+                    return _ReadBack(True, current)  # broken by another run: theirs now
+                if half_made:  # a switch just before the link died stands: it passed its smoke
+                    dev.remove_release(root, name)
+                dev.unlock(root, token)
+                return _ReadBack(True, current, cleaned=half_made)
+            finally:
+                if fresh:
+                    dev.close()
         except (StepFailed, DeviceError):
-            continue
-    return (f"; the half-made releases/{name} will be removed by the next deploy (after "
-            f"{STALE_LOCK_MIN} min, or at once if you remove {root}/{LOCK})")
+            if fresh:
+                break
+            fresh = True
+    return _ReadBack(False, note="; the next deploy removes the lock" + (
+        f" and releases/{name} if it is half-made" if name else ""))
 
 
-def _stays_on(current: str | None) -> str:
-    return (f"the device stays on {current}" if current
-            else "no release was installed before, so none is current")
+def _runs_now(after: _ReadBack, before: str | None, name: str, switch_sent: bool) -> str:
+    """What the device runs, never guessed: read back, or certain because the switch to
+    `name` was never sent; otherwise said to be unknown."""
+    removed = "; the half-made release was removed" if after.cleaned else ""
+    if after.known:
+        if after.current is None:
+            return f"no release is current on the device (read back){removed}"
+        if after.current == name:
+            return f"the switch was done: the device runs {name} (read back){removed}"
+        verb = "stays on" if after.current == before else "runs"
+        return f"the device {verb} {after.current} (read back){removed}"
+    if not switch_sent:
+        was = (f"the device stays on {before}" if before
+               else "no release was installed before, so none is current")
+        return f"{was} (the switch to {name} was never sent){after.note}"
+    return (f"what the device runs is unknown: the link failed while switching from "
+            f"{before or 'no release'} to {name} and the device could not be reached to read "
+            f"it back; check with heartsound deploy --list{after.note}")
 
 
-def _prune(dev: Device, root: str, name: str, keep: int) -> None:
-    """Keep the newest `keep` releases (always the new one and the one before it)."""
+def previous_release(history: list[str], names: list[str]) -> str | None:
+    """The release that ran before the current one (history's last entry), if still there.
+
+    Rollback goes there and pruning never removes it, so that rollback + deploy + rollback
+    comes back to what ran before, not to the release rolled back from.
+    """
+    current = history[-1] if history else None
+    for name in reversed(history[:-1]):
+        if name != current and name in names:
+            return name
+    return None
+
+
+def _prune(dev: Device, root: str, history: list[str], keep: int) -> None:
+    """Keep the newest `keep` releases, and always the running one and the one before it."""
     names, current, _ = dev.releases(root)
+    spare = {history[-1], current, previous_release(history, names)}
     for old in names[:-max(keep, 2)]:
-        if old not in (name, current):
+        if old not in spare:
             dev.remove_release(root, old)
 
 
@@ -535,60 +728,87 @@ def _prune(dev: Device, root: str, name: str, keep: int) -> None:
 # rollback, listing, remote bench
 
 
-def _session(target: Target, options: DeployOptions):
-    conn = connect(target, options)
-    dev = Device(conn, target)
+def _session(target: Target, options: DeployOptions) -> tuple[Device, str]:
+    dev = open_device(target, options)
     try:
         root = dev.prepare_root(options.root)
     except StepFailed as exc:
-        conn.close()
+        dev.close()
         raise DeviceError(f"{target}: {exc}") from None
-    return conn, dev, root
+    return dev, root
 
 
 def list_releases(target: Target, options: DeployOptions = DeployOptions()) -> dict:
-    """{'releases': [...oldest first], 'current': name or None, 'incomplete': [...]}."""
-    conn, dev, root = _session(target, options)
+    """{'releases': [...oldest first], 'current': name or None, 'incomplete': [...],
+    'previous': the release rollback goes to, or None}."""
+    dev, root = _session(target, options)
     try:
         names, current, incomplete = dev.releases(root)
+        history = dev.history(root, current)
         return {"root": root, "releases": names, "current": current,
-                "incomplete": sorted(incomplete)}
+                "incomplete": sorted(incomplete), "previous": previous_release(history, names)}
+    except StepFailed as exc:
+        raise DeviceError(f"{target}: {exc}") from None
     finally:
-        conn.close()
+        dev.close()
 
 
-def rollback(target: Target, options: DeployOptions = DeployOptions()) -> tuple[str, str]:
-    """Switch `current` to the newest complete release older than it; (from, to)."""
-    conn, dev, root = _session(target, options)
+def rollback(target: Target, options: DeployOptions = DeployOptions(), *,
+             note: Note | None = None) -> tuple[str, str]:
+    """Switch `current` to the release that ran before it (ROOT/history); (from, to).
+
+    A failure says what the device runs, read back as after a failed deploy."""
+    dev, root = _session(target, options)
     try:
-        names, current, _ = dev.releases(root)
-        if current not in names:
-            raise DeviceError(f"{target}: no current release under {root}; deploy first")
-        older = names[:names.index(current)]
-        if not older:
-            raise DeviceError(f"{target}: {current} is the oldest release under {root}; "
-                              "there is nothing to roll back to")
-        back = older[-1]
         try:
-            dev.lock(root)
-            try:
-                # the older release must still screen: rolling back onto a broken one
-                # (a damaged SD card, a removed system package) would be worse than staying
-                rel = f"{root}/releases/{back}"
-                manifest = json.loads(dev.read_text(f"{rel}/bundle/manifest.json"))
-                _smoke(dev, Bundle(Path(rel), manifest), root, rel)
-                dev.switch(root, back)
-            finally:
-                dev.unlock(root)
+            token = dev.lock(root, note)
         except StepFailed as exc:
-            raise DeviceError(f"rollback on {target} to {back} failed at {exc}; the device "
-                              f"stays on {current}") from None
+            raise DeviceError(f"rollback on {target} stopped at {exc}; nothing was changed "
+                              "on the device") from None
+        try:
+            current, back, history = _rollback_plan(dev, target, root)
+        except (StepFailed, DeviceError) as exc:
+            if dev.alive():  # nothing to do: let go of the lock
+                with contextlib.suppress(StepFailed):
+                    dev.unlock(root, token)
+            if isinstance(exc, DeviceError):
+                raise
+            raise DeviceError(f"rollback on {target} stopped at {exc}; nothing was changed "
+                              "on the device") from None
+        switch_sent = False
+        try:
+            # the older release must still screen: rolling back onto a broken one
+            # (a damaged SD card, a removed system package) would be worse than staying
+            rel = f"{root}/releases/{back}"
+            manifest = json.loads(dev.read_text(f"{rel}/bundle/manifest.json"))
+            _smoke(dev, Bundle(Path(rel), manifest), root, rel)
+            switch_sent = True
+            dev.switch(root, back, history[:len(history) - history[::-1].index(back)])
+            dev.unlock(root, token)
+        except StepFailed as exc:
+            after = _clean_up(dev, target, options, root, None, token)
+            raise DeviceError(f"rollback on {target} to {back} failed at {exc}; "
+                              f"{_runs_now(after, current, back, switch_sent)}") from None
         except ValueError:
+            dev.unlock(root, token)
             raise DeviceError(f"rollback on {target}: {back} has no readable manifest; the "
                               f"device stays on {current}") from None
         return current, back
     finally:
-        conn.close()
+        dev.close()
+
+
+def _rollback_plan(dev: Device, target: Target, root: str) -> tuple[str, str, list[str]]:
+    """(current, the release to go back to, the history) or a DeviceError saying why not."""
+    names, current, _ = dev.releases(root)
+    history = dev.history(root, current)
+    if current not in names:
+        raise DeviceError(f"{target}: no current release under {root}; deploy first")
+    back = previous_release(history, names)
+    if back is None:
+        raise DeviceError(f"{target}: no release ran before {current} under {root}; "
+                          "there is nothing to roll back to")
+    return current, back, history
 
 
 def preflight(target: Target, options: DeployOptions = DeployOptions()) -> dict:
@@ -597,22 +817,21 @@ def preflight(target: Target, options: DeployOptions = DeployOptions()) -> dict:
     Returns {'python': 'X.Y.Z', 'platforms': pip platform tags, 'python_version': 'X.Y'}
     (the last two for `download_dependency_wheels`).
     """
-    conn = connect(target, options)
+    dev = open_device(target, options)
     try:
-        dev = Device(conn, target)
         version = dev.python_version(options.python)
         platforms, python_xy = dev.platform(options.python)
         return {"python": version, "platforms": platforms, "python_version": python_xy}
     except StepFailed as exc:
         raise DeviceError(f"{target}: {exc}; nothing was changed on the device") from None
     finally:
-        conn.close()
+        dev.close()
 
 
 def remote_bench(target: Target, options: DeployOptions = DeployOptions(), *,
                  runs: int = 100) -> dict:
     """`heartsound bench --json` of the current release, on the device, parsed."""
-    conn, dev, root = _session(target, options)
+    dev, root = _session(target, options)
     try:
         cur = f"{root}/current"
         try:
@@ -628,10 +847,14 @@ def remote_bench(target: Target, options: DeployOptions = DeployOptions(), *,
         except ValueError:
             raise DeviceError(f"bench on {target}: heartsound bench printed no JSON") from None
         figures["host"] = str(target)
-        figures["release"] = dev.run("reading current", _sh("readlink", "--", cur)).stdout.strip()
+        try:
+            figures["release"] = dev.run("reading current",
+                                         _sh("readlink", "--", cur)).stdout.strip()
+        except StepFailed as exc:
+            raise DeviceError(f"bench on {target} failed at {exc}") from None
         return figures
     finally:
-        conn.close()
+        dev.close()
 
 
 BENCH_STAGES = (("front end", "front_end_ms"), ("interpreter", "interpreter_ms"),

@@ -119,13 +119,13 @@ class DeviceHandle(Connection):
 @contextlib.contextmanager
 def _device(target: remote.Target, options: remote.DeployOptions) -> Iterator[remote.Device]:
     """A device over a verified connection, closed after; a failed step is one line."""
-    conn = remote.connect(target, options)
+    dev = remote.open_device(target, options)
     try:
-        yield remote.Device(conn, target)
+        yield dev
     except remote.StepFailed as exc:
         raise DeviceError(f"{target}: failed at {exc}") from None
     finally:
-        conn.close()
+        dev.close()
 
 
 def _root(options: remote.DeployOptions) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge.deploy_link import DEAD_LINK_BOUND_FACTOR, LINK_TIMEOUT_S
 from edge.errors import UsageError
 
 if TYPE_CHECKING:  # the CLI imports this module for its options: keep its start-up light
@@ -103,3 +104,20 @@ def add_ssh_arguments(parser: argparse.ArgumentParser, *, single_host: bool) -> 
                         "refused")
     parser.add_argument("--root", default="heartsound", help="install folder on the device "
                         "(default: ~/heartsound)")
+    parser.add_argument("--link-timeout", type=_seconds, default=LINK_TIMEOUT_S,
+                        metavar="SECONDS", help="a link that answers no SSH keepalive for "
+                        "this long is dead, and each phase of connecting gets this long "
+                        "(default %(default)g); when the link dies, a deploy to one device ends "
+                        f"with exit 7 and one line within {DEAD_LINK_BOUND_FACTOR}x this ("
+                        f"{DEAD_LINK_BOUND_FACTOR * LINK_TIMEOUT_S / 60:g} min by default), "
+                        "each device of a fleet within 3 times that")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value

@@ -21,6 +21,7 @@ from edge.interpreter import Classifier
 from edge.mfcc import fill_window, mfcc, windows
 from edge.model_meta import ModelMeta, read_model_meta
 from edge.quality import Quality, assess, quantisation_step
+from edge.release import release_model
 from edge.resample import resample
 from edge.spec import FEATURE_CONTRACT_VERSION
 
@@ -29,8 +30,9 @@ PACKAGED_MODEL = Path(__file__).resolve().parent / "models" / "heartsound_int8.t
 
 
 def default_model_path() -> Path:
-    """$HEARTSOUND_MODEL, else the model shipped inside the package."""
-    return Path(os.environ.get(MODEL_ENV) or PACKAGED_MODEL)
+    """$HEARTSOUND_MODEL, else the model of the deployed release this runs from (the one
+    the service screens with, `edge.release`), else the model shipped inside the package."""
+    return Path(os.environ.get(MODEL_ENV) or release_model() or PACKAGED_MODEL)
 
 
 @dataclass

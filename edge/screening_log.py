@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import DeviceError
+from edge.release import release_setting
 
 __all__ = [
     "DB_NAME",
@@ -127,8 +128,11 @@ _SELECT = ("SELECT id, time_utc, patient_id, file, decision, probability, window
 
 
 def heartsound_home() -> Path:
-    """``$HEARTSOUND_HOME`` or ``~/.heartsound``: where the device keeps its state."""
-    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser()
+    """``$HEARTSOUND_HOME``, else the deployed release's (``ROOT/data``, the folder the
+    service logs to: `edge.release`), else ``~/.heartsound``: where the device keeps its
+    state."""
+    return Path(os.environ.get(HOME_ENV) or release_setting(HOME_ENV)
+                or DEFAULT_HOME).expanduser()
 
 
 def default_db_path() -> Path:

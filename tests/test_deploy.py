@@ -16,6 +16,8 @@ import io
 import json
 import os
 import shutil
+import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -34,9 +36,11 @@ from edge.deploy_bundle import (
     load_bundle,
     sha256_file,
 )
+from edge.deploy_link import DEAD_LINK_BOUND_FACTOR
 from edge.errors import DataError, DeviceError, UsageError
 from edge.offline_bundle import UnsafeArchiveError, safe_extract
 from tests.sshd_fixture import SSHD, SshServer, free_port, keygen
+from tests.tcp_relay import Fault, TcpRelay
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -306,7 +310,7 @@ def test_wrong_key_is_refused(sshd, device, tmp_path):
 def test_unreachable_host(sshd, tmp_path):
     target = remote.Target.parse(f"{sshd.user}@127.0.0.1:{free_port()}")
     with pytest.raises(DeviceError, match="cannot connect .*runs sshd"):
-        remote.list_releases(target, options(sshd, tmp_path, connect_timeout=3))
+        remote.list_releases(target, options(sshd, tmp_path, link_timeout=3))
 
 
 def test_device_without_python_311(sshd, device, bundle, tmp_path):
@@ -459,3 +463,217 @@ def test_safe_extract_does_not_write_through_a_link_already_on_disk(tmp_path):
     with pytest.raises(UnsafeArchiveError, match="would be written outside"):
         safe_extract(archive, dest)
     assert not (tmp_path / "escape").exists()
+
+
+
+# ---------------------------------------------------------------------------
+# a faulty link: a relay between client and sshd that stalls, cuts or flips bits
+
+
+LINK_TIMEOUT_S = 2.0  # --link-timeout in these tests: a dead link is noticed in seconds
+TRACEBACK_TEXT = ("Traceback", "Mismatched MAC", "Socket exception", "Exception in thread")
+
+
+@pytest.fixture(scope="module")
+def link_device(tmp_path_factory, sshd, bundle):
+    """(root, first release) of a device of its own, for the link fault tests."""
+    root = tmp_path_factory.mktemp("linkdev") / "heartsound"
+    name = remote.deploy(bundle, remote.Target.parse(sshd.address), options(sshd, root))
+    return root, name
+
+
+def relay_to(server: SshServer, fault: Fault | None, folder: Path) -> tuple[TcpRelay, Path]:
+    """A relay in front of `server` and a known_hosts naming the server's key at its port."""
+    relay = TcpRelay(server.port, fault)
+    known = folder / f"known_hosts_{relay.port}"
+    pub = " ".join((server.folder / "host_ed25519.pub").read_text().split()[:2])
+    known.write_text(f"[127.0.0.1]:{relay.port} {pub}\n")
+    return relay, known
+
+
+def cli_deploy(server: SshServer, relay: TcpRelay, known: Path, root: Path,
+               bundle_dir: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """`heartsound deploy` through the relay; (result, seconds it took)."""
+    start = time.monotonic()
+    res = subprocess.run(
+        [HEARTSOUND, "deploy", "--host", f"{server.user}@127.0.0.1:{relay.port}", "--key",
+         str(server.client_key), "--known-hosts", str(known), "--root", str(root),
+         "--remote-python", sys.executable, "--system-site-packages", "--offline",
+         "--bundle", str(bundle_dir), "--link-timeout", str(LINK_TIMEOUT_S)],
+        capture_output=True, text=True, timeout=300)
+    return res, time.monotonic() - start
+
+
+def assert_one_line_error(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == DeviceError.exit_code, (res.returncode, res.stderr)
+    assert not any(t in res.stderr for t in TRACEBACK_TEXT), res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("heartsound: "), res.stderr
+    return lines[0]
+
+
+# start-up, preflight and bundle loading, beside the bound the help states for the link
+STARTUP_ALLOWANCE_S = 30.0
+
+
+def test_stalled_link_ends_the_deploy_within_its_bound(sshd, link_device, bundle, tmp_path):
+    """A relay that stops forwarding after 200 kB (no reset, no close): exit 7 and one
+    line within the stated bound, lock released, and the next deploy goes through."""
+    root, _ = link_device
+    current = os.readlink(root / "current").removeprefix("releases/")
+    before = releases(root)
+    relay, known = relay_to(sshd, Fault("stall", 200_000), tmp_path)
+    with relay:
+        res, took = cli_deploy(sshd, relay, known, root, bundle.path)
+    assert relay.fired.is_set()
+    line = assert_one_line_error(res)
+    print(line, f"({took:.1f} s)")
+    assert "connection lost: the link went silent" in line
+    assert f"the device stays on {current} (read back)" in line
+    assert took < DEAD_LINK_BOUND_FACTOR * LINK_TIMEOUT_S + STARTUP_ALLOWANCE_S
+    assert not (root / remote.LOCK).exists() and releases(root) == before
+    assert_still_on(sshd, root, current)
+    name = remote.deploy(bundle, remote.Target.parse(sshd.address), options(sshd, root))
+    assert_still_on(sshd, root, name)
+
+
+def test_a_dead_links_lock_is_broken_by_the_next_deploy(sshd, link_device, bundle, tmp_path):
+    """The link stays dead after the stall (no clean-up possible): the lock names a
+    process that has ended, so the next deploy breaks it with a note, not after an hour."""
+    root, _ = link_device
+    current = os.readlink(root / "current").removeprefix("releases/")
+    before = releases(root)
+    relay, known = relay_to(sshd, Fault("stall", 200_000, dead_after=True), tmp_path)
+    with relay:
+        res, took = cli_deploy(sshd, relay, known, root, bundle.path)
+        line = assert_one_line_error(res)
+    print(line, f"({took:.1f} s)")
+    assert f"the device stays on {current} (the switch to " in line
+    assert "was never sent); the next deploy removes the lock" in line
+    assert took < DEAD_LINK_BOUND_FACTOR * LINK_TIMEOUT_S + STARTUP_ALLOWANCE_S
+    owner = (root / remote.LOCK / remote.LOCK_OWNER).read_text().split()
+    assert owner[1] == socket.gethostname() and len(owner) == 5
+    notes: list[str] = []
+    name = remote.deploy(bundle, remote.Target.parse(sshd.address), options(sshd, root),
+                         note=notes.append)
+    assert len(notes) == 1 and f"process {owner[2]} on this host has ended" in notes[0]
+    assert releases(root) - before == {name}  # the half-made release went too
+    assert_still_on(sshd, root, name)
+
+
+@pytest.mark.parametrize("reachable", [True, False], ids=["read-back", "unreachable"])
+def test_link_cut_after_the_switch_names_what_the_device_runs(sshd, link_device, bundle,
+                                                              tmp_path, reachable):
+    """The link dies right after `current` was switched: the message names the new
+    release (read back over a new connection), or says it is unknown; never 'stays on'."""
+    import threading
+
+    root, _ = link_device
+    old = os.readlink(root / "current")
+    relay, known = relay_to(sshd, None, tmp_path)
+    done, there = threading.Event(), releases(root)
+
+    def cut_at_switch() -> None:
+        # the switch's answer is held back 0.5 s once the release is complete, and the
+        # link is cut the moment `current` moves: the client never hears that it did
+        while not done.is_set():
+            made = releases(root) - there
+            if any((root / "releases" / n / "etc").exists() and
+                   not (root / "releases" / n / ".incomplete").exists() for n in made):
+                relay.delay_down = 0.5
+            if os.readlink(root / "current") != old:
+                relay.cut_all(dead_after=not reachable)
+                return
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=cut_at_switch, daemon=True)
+    watcher.start()
+    target = remote.Target.parse(f"{sshd.user}@127.0.0.1:{relay.port}")
+    with relay, pytest.raises(DeviceError) as err:
+        try:
+            remote.deploy(bundle, target, options(sshd, root, known_hosts=known,
+                                                  link_timeout=LINK_TIMEOUT_S))
+        finally:
+            done.set()
+    msg = str(err.value)
+    print(msg)
+    new = os.readlink(root / "current").removeprefix("releases/")
+    assert f"releases/{new}" != old and "stays on" not in msg
+    if reachable:
+        assert f"the switch was done: the device runs {new} (read back)" in msg
+        assert not (root / remote.LOCK).exists()
+    else:
+        assert f"what the device runs is unknown: the link failed while switching from " \
+               f"{old.removeprefix('releases/')} to {new}" in msg
+    assert_still_on(sshd, root, new)
+    shutil.rmtree(root / remote.LOCK, ignore_errors=True)
+
+
+@pytest.mark.parametrize("fault", [Fault("flip", 10_000, "down"), Fault("cut", 459_000)],
+                         ids=["bit-flip", "cut"])
+def test_link_faults_print_one_line_and_no_library_traceback(sshd, link_device, bundle,
+                                                             tmp_path, fault):
+    root, _ = link_device
+    current = os.readlink(root / "current").removeprefix("releases/")
+    relay, known = relay_to(sshd, fault, tmp_path)
+    with relay:
+        res, _ = cli_deploy(sshd, relay, known, root, bundle.path)
+    assert relay.fired.is_set()
+    line = assert_one_line_error(res)
+    print(line)
+    now = os.readlink(root / "current").removeprefix("releases/")
+    assert f"{now} (read back)" in line
+    assert not (root / remote.LOCK).exists()
+    assert_still_on(sshd, root, now)
+    assert now == current or "the switch was done" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# rollback: the release that ran before the current one
+
+
+def test_rollback_after_rollback_and_deploy_goes_to_what_ran_before(sshd, bundle, tmp_path):
+    """A, B, rollback (A), C: the release before C is A, not B (the one rolled back
+    from), and pruning to --keep 2 keeps A although B and C are newer."""
+    root = tmp_path / "heartsound"
+    target = remote.Target.parse(sshd.address)
+    a = remote.deploy(bundle, target, options(sshd, root))
+    b = remote.deploy(bundle, target, options(sshd, root))
+    assert remote.rollback(target, options(sshd, root)) == (b, a)
+    c = remote.deploy(bundle, target, options(sshd, root, keep=2))
+    assert releases(root) == {a, b, c}  # a is kept: it ran before c
+    assert (root / remote.HISTORY).read_text().split() == [a, c]
+    assert remote.list_releases(target, options(sshd, root))["previous"] == a
+    assert remote.rollback(target, options(sshd, root)) == (c, a)
+    assert_still_on(sshd, root, a)
+    with pytest.raises(DeviceError, match=f"no release ran before {a}.*nothing to roll back"):
+        remote.rollback(target, options(sshd, root))
+    d = remote.deploy(bundle, target, options(sshd, root, keep=2))
+    assert a in releases(root) and d in releases(root)  # running d and previous a stay
+    assert (root / remote.HISTORY).read_text().split() == [a, d]
+
+
+# ---------------------------------------------------------------------------------------------
+# by hand on the device: the release's model and the installation's log
+
+
+def test_hand_screening_on_the_device_uses_the_release_model_and_log(sshd, project_wheel,
+                                                                     tmp_path):
+    """deploy --model X: `current/bin/heartsound screen` typed on the device (no service
+    environment) screens with X and logs to ROOT/data, where history --pull reads."""
+    other = tmp_path / "other_int8.tflite"  # the shipped model plus trailing bytes: another
+    other.write_bytes((REPO / "edge/models/heartsound_int8.tflite").read_bytes() + bytes(16))
+    bundle = build_bundle(tmp_path / "bundle", wheel=project_wheel, model=other)
+    root = tmp_path / "heartsound"
+    remote.deploy(bundle, remote.Target.parse(sshd.address), options(sshd, root))
+    home = tmp_path / "home"  # the login's home for the hand command, to see what lands there
+    home.mkdir()
+    res = on_device(sshd, f"env -u HEARTSOUND_HOME -u HEARTSOUND_MODEL HOME={home} "
+                          f"{root}/current/bin/heartsound screen --json "
+                          f"{EXAMPLES / 'physionet_b0001_normal.wav'}")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["model_sha256"] == sha256_file(other)
+    assert not (home / ".heartsound").exists()
+    with sqlite3.connect(root / "data" / "screenings.db") as db:
+        assert db.execute("SELECT model_sha256 FROM screenings").fetchall() == [
+            (sha256_file(other),)]

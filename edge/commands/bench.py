@@ -28,7 +28,8 @@ BENCH_RECORDING = RECORDINGS / "physionet_a0336_abnormal.wav"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="int8 .tflite model (default: "
-                        "$HEARTSOUND_MODEL, else the model shipped with heartsound)")
+                        "$HEARTSOUND_MODEL, else the deployed release's model, else the model "
+                        "shipped with heartsound)")
     parser.add_argument("--wav", type=Path, help="real recording to time on (default: "
                         "the PhysioNet recording a0336 shipped with heartsound)")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per stage "

@@ -27,7 +27,8 @@ from edge.fleet_hosts import add_ssh_arguments, read_hosts
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--rollback", action="store_true",
-                      help="switch the device's 'current' back to the release before it")
+                      help="switch the device's 'current' back to the release that ran "
+                      "before it (kept in ROOT/history on the device)")
     mode.add_argument("--bench", action="store_true", help="run 'heartsound bench --json' on "
                       "the device and print its figures here as a table")
     mode.add_argument("--list", action="store_true", help="list the releases on the device")
@@ -82,12 +83,12 @@ def run(args: argparse.Namespace) -> int:
     options = remote.DeployOptions(
         root=args.root, key=args.key, known_hosts=args.known_hosts, python=args.remote_python,
         system_site_packages=args.system_site_packages, offline=args.offline, keep=args.keep,
-        min_free_mb=args.min_free_mb)
+        min_free_mb=args.min_free_mb, link_timeout=args.link_timeout)
     if args.hosts:
         return _fleet(args, options)
     target = remote.Target.parse(args.host)
     if args.rollback:
-        old, new = remote.rollback(target, options)
+        old, new = remote.rollback(target, options, note=_note)
         print(f"{target}: current is now {new} (was {old})")
     elif args.bench:
         print(remote.bench_table(remote.remote_bench(target, options, runs=args.runs)))
@@ -99,11 +100,16 @@ def run(args: argparse.Namespace) -> int:
             platform = ((device["platforms"], device["python_version"])
                         if args.download_deps else None)
             bundle = _bundle(args, Path(tmp) / "bundle", platform)
-            name = remote.deploy(bundle, target, options)
+            name = remote.deploy(bundle, target, options, note=_note)
         print(f"{target}: deployed {name}; screen with {args.root}/current/bin/heartsound "
               "screen FILE.wav")
         print(remote.SERVICE_HINT.replace("ROOT", args.root))
     return 0
+
+
+def _note(text: str) -> None:
+    """A remark beside the result (a stale lock broken), on stderr like progress."""
+    print(f"heartsound: {text}", file=sys.stderr)
 
 
 def _fleet(args: argparse.Namespace, options) -> int:
@@ -198,5 +204,7 @@ def _print_releases(info: dict) -> None:
     print(f"releases under {info['root']} (oldest first):")
     for name in info["releases"]:
         print(f"  {'*' if name == info['current'] else ' '} {name}")
+    if info["previous"]:
+        print(f"rollback goes to {info['previous']}")
     for name in info["incomplete"]:
         print(f"    {name} (incomplete, removed by the next deploy)")

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `heartsound history`."""
     parser.add_argument("--db", metavar="PATH", default=None,
                         help="screening log (default: $HEARTSOUND_HOME/screenings.db, "
-                             "HEARTSOUND_HOME defaulting to ~/.heartsound)")
+                             "HEARTSOUND_HOME defaulting to the deployed release's "
+                             "data folder, else ~/.heartsound)")
     parser.add_argument("--patient", metavar="ID", default=None,
                         help="only the screenings of this patient id")
     parser.add_argument("--limit", metavar="N", type=_positive, default=None,
@@ -106,7 +107,8 @@ def _pull(args: argparse.Namespace, path: Path) -> int:
     from edge.screening_log import ScreeningLog
 
     entries = read_hosts(args.hosts)  # a bad line stops everything before any connection
-    options = DeployOptions(root=args.root, key=args.key, known_hosts=args.known_hosts)
+    options = DeployOptions(root=args.root, key=args.key, known_hosts=args.known_hosts,
+                            link_timeout=args.link_timeout)
     with ScreeningLog(path) as log, tempfile.TemporaryDirectory(prefix="hs-pull-") as tmp:
         rows = fleet.pull_logs(entries, options, log, Path(tmp))
     print(fleet.pull_table(rows, path))

@@ -49,12 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=int, help="with --mic: capture rate in Hz (default: "
                         "the device's native rate; resampled in fixed point to the model's)")
     parser.add_argument("--model", type=Path, help="int8 .tflite model (default: "
-                        "$HEARTSOUND_MODEL, else the model shipped with heartsound)")
+                        "$HEARTSOUND_MODEL, else the deployed release's model, else the model "
+                        "shipped with heartsound)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per recording instead of text")
     parser.add_argument("--patient", help="patient id to store with the screening")
     parser.add_argument("--db", type=Path, help="screening log (default: "
-                        "$HEARTSOUND_HOME/screenings.db, HEARTSOUND_HOME=~/.heartsound)")
+                        "$HEARTSOUND_HOME/screenings.db; HEARTSOUND_HOME defaults to the "
+                        "deployed release's data folder, else ~/.heartsound)")
     parser.add_argument("--no-log", action="store_true", help="do not store the screening")
     parser.add_argument("--keep-audio", action="store_true",
                         help="also store the audio (at the model's rate) in the log")
