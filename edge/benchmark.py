@@ -226,3 +226,32 @@ def verified_agreement(model_path: Path, sha256: str) -> dict | None:
                 "reference_bits_differ": ref["windows"] - ref["identical"]}
     except (KeyError, TypeError):
         return None  # an older report layout: nothing to quote, the timings stand
+
+
+def fair_lines(f: dict) -> list[str]:
+    """Ratios against the float32 .tflite, and how the two int8 kernel sets differ: the
+    lines `heartsound bench` prints here and `deploy --bench` prints for a device."""
+    alt = f["alternatives"]
+    rows = [f"front end: fixed point (bit-exact with the C firmware) "
+            f"{f['front_end_ms']['p50'] / f['front_end_float64_ms']['p50']:.1f}x the time of "
+            "the float64 numpy MFCC (medians)"]
+    if not f["speedup_vs_float32"]:
+        rows.append(f"no float32 baseline: {alt['float32_missing']}")
+    for route, r in f["speedup_vs_float32"].items():
+        rows.append(f"{ROUTES[route]}:")
+        rows.append(f"    {r['interpreter_ms']:.2f}x the speed of the float32 .tflite (interpreter "
+                    f"alone), {r['window_ms']:.2f}x (whole window); same process, medians")
+    rec, ver = alt["kernel_agreement"]["recording"], alt["kernel_agreement"]["verification"]
+    rows.append(f"optimised vs reference kernels on this recording: {rec['bits_differ']} of "
+                f"{rec['windows']} windows differ in output bits (max {rec['max_lsb']} LSB), "
+                f"decision {'differs' if rec['decision_differs'] else 'the same'}")
+    if ver is None:
+        rows.append("no verification report for this model beside it (`heartsound verify "
+                    "MODEL --run RUN` writes MODEL.verify.json)")
+    else:
+        rows.append(f"optimised kernels vs TFLite Micro on the {ver['windows']:,} verification "
+                    f"windows ({ver['report']}): {ver['bits_differ']:,} differ in output bits "
+                    f"(max {ver['max_lsb']} LSB), {ver['argmax_differs']} in the window's "
+                    f"class, {ver['decisions_differ']} of {ver['recordings']:,} recording "
+                    f"decisions; reference kernels: {ver['reference_bits_differ']} differ")
+    return rows

@@ -10,6 +10,8 @@ an offline ``.tar.gz``::
                                                    platform, resolved by pip (manifest
                                                    'target' and 'dependencies')
     model/<name>.tflite                            the int8 model the device will screen with
+    model/<name>.float32.tflite                    its float32 companion, when convert wrote one
+                                                   (the baseline `deploy --bench` times)
     smoke/<name>.wav                               a real recording for the smoke screening
     heartsound.env.in                              config (EnvironmentFile) with @ROOT@ to fill
     heartsound-screen.service.in                   systemd unit for an optional always-on service
@@ -164,6 +166,7 @@ def build_bundle(out_dir: Path, *, wheel: Path | None = None, model: Path | None
     With `dependency_wheels` (for `target`), pip must resolve heartsound[edge] for the
     target from the bundle's wheels alone, else a DownloadError names what is missing.
     """
+    from edge.model_meta import float_companion_path
     from edge.screening import default_model_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -183,6 +186,9 @@ def build_bundle(out_dir: Path, *, wheel: Path | None = None, model: Path | None
         _copy(Path(dep), wheels)
     deps = _dependencies(wheels, match["version"], target) if dependency_wheels else None
     model_file = _copy(model, out_dir / MODEL_DIR)
+    companion = float_companion_path(model)
+    if companion.is_file():  # so `deploy --bench` times the float32 baseline on the device
+        _copy(companion, out_dir / MODEL_DIR)
     smoke_file = _copy(smoke_wav, out_dir / SMOKE_DIR)
     (out_dir / CONFIG_TEMPLATE).write_text(CONFIG_TEXT.format(model=model_file.name))
     (out_dir / UNIT_TEMPLATE).write_text(UNIT_TEXT)

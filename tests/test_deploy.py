@@ -197,6 +197,8 @@ def test_cli_deploy_bench_and_rollback_with_invoke(sshd, device, bundle):
     row = next(ln for ln in res.stdout.splitlines() if ln.startswith("whole window"))
     mean_ms = float(row.split()[2])
     assert 0 < mean_ms < 10_000
+    # the bundle carries the model's float32 companion, so the device times the baseline
+    assert "the speed of the float32 .tflite" in res.stdout, res.stdout
 
     res = invoke("rollback", *common)
     assert res.returncode == 0, res.stderr
