@@ -131,6 +131,9 @@ class Architecture:
     summary: str
 
 
+DEFAULT_ARCH = "cnn"
+"""What `heartsound train` and a sweep build when no architecture is named."""
+
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a for a in (
         Architecture("cnn", _cnn, False, "3 Conv2D blocks + global average pool + dense"),

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from train.commands.data import add_data_option
+from train.models import DEFAULT_ARCH
 
 if TYPE_CHECKING:
     from edge.spec import FeatureSpec
 
-DEFAULT_ARCH = "cnn"
 DEFAULT_RUNS = Path("runs")
 TRAIN_THREADS = 2
 """TensorFlow's pool sizes for training (the 2-core machine the shipped model came from)."""
@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_spec_option(parser: argparse.ArgumentParser) -> None:
     """--spec KEY=VALUE: one run on another front end, without writing a sweep file."""
     from edge.spec import NORMALISATIONS
-    from train.sweep_spec import SWEEPABLE_SPEC_FIELDS
+    from train.sweep.spec import SWEEPABLE_SPEC_FIELDS
 
     parser.add_argument("--spec", action="append", default=None, metavar="KEY=VALUE",
                         help="set one FeatureSpec field (edge/spec.py) of this run's front "
@@ -99,8 +99,8 @@ def add_spec_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sweep_options(parser: argparse.ArgumentParser) -> None:
-    """--sweep and --ray; the format itself is documented in train/sweep_spec.py."""
-    from train.sweep_spec import SWEEP_HELP
+    """--sweep and --ray; the format itself is documented in train/sweep/spec.py."""
+    from train.sweep.spec import SWEEP_HELP
 
     parser.add_argument("--sweep", type=Path, default=None, metavar="SWEEP_YAML",
                         help="run a grid or random search with Ray Tune instead of one run: "
@@ -157,13 +157,13 @@ def _check_args(args: argparse.Namespace) -> None:
 def spec_of_items(items: list[str] | None) -> FeatureSpec:
     """The run's FeatureSpec: DEFAULT_SPEC with each ``KEY=VALUE`` of ``--spec`` applied.
 
-    Names and numbers are checked by the sweep's own code (train/sweep_spec.py), so a single
+    Names and numbers are checked by the sweep's own code (train/sweep/spec.py), so a single
     run and a sweep accept exactly the same front ends and refuse them with the same words;
     only turning the command-line text into the field's type happens here.
     """
     from edge.errors import UsageError
     from edge.spec import DEFAULT_SPEC
-    from train.sweep_spec import checked_feature_spec
+    from train.sweep.spec import checked_feature_spec
 
     if not items:
         return DEFAULT_SPEC
@@ -181,7 +181,7 @@ def _spec_item(item: str) -> tuple[str, object]:
     """(field, value of the field's declared type) of one ``KEY=VALUE``; UsageError if not."""
     from edge.errors import UsageError
     from edge.spec import DEFAULT_SPEC, field_type
-    from train.sweep_spec import check_spec_field
+    from train.sweep.spec import check_spec_field
 
     name, sep, text = (part.strip() for part in item.partition("="))
     if not sep or not name or not text:
@@ -209,7 +209,7 @@ def _default_run_name(labels: str, arch: str, seed: int, spec: FeatureSpec) -> s
 
 def run(args: argparse.Namespace) -> int:
     if args.sweep is not None:
-        from train.sweep_command import run_sweep_command
+        from train.sweep.command import run_sweep_command
 
         if args.spec:
             from edge.errors import UsageError
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     spec = spec_of_items(args.spec)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide harmless C++ op-registry chatter
-    from train.sweep_trial import limit_threads
+    from train.sweep.trial import limit_threads
 
     limit_threads(args.threads)
     from train.datasets import default_data_paths, get_label_set, load_records

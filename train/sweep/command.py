@@ -25,7 +25,7 @@ from pathlib import Path
 
 from edge.batch_ray import RAY_AUTH_MODE_ENV, ray_token_given, send_saved_token
 from edge.errors import UsageError
-from train.sweep_spec import Sweep, load_sweep
+from train.sweep.spec import Sweep, load_sweep
 
 DEFAULT_RUNS = Path("runs")
 SWEEP_FILE = "sweep.json"
@@ -51,7 +51,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
           f"{split[:12]} (split_seed {sweep.split_seed})", file=sys.stderr)
     cluster = _start_ray(args.ray)
     try:
-        from train.sweep_tune import run_trials
+        from train.sweep.tune import run_trials
 
         make_sweep_folder(out, args.force, sweep, setup, split, cluster)
         rows = run_trials(sweep, setup, out, progress=not args.quiet)
@@ -65,7 +65,7 @@ def _refuse_single_run_options(args: argparse.Namespace) -> None:
         if getattr(args, attr, None) is not None:
             raise UsageError(f"{flag} is for a single run; with --sweep set it under params "
                              f"in {args.sweep}")
-    from train.commands.train import DEFAULT_ARCH
+    from train.models import DEFAULT_ARCH
 
     if args.arch != DEFAULT_ARCH or args.seed != 0:
         flag = "--arch" if args.arch != DEFAULT_ARCH else "--seed"
@@ -113,7 +113,7 @@ def _setup_and_split(args: argparse.Namespace, sweep: Sweep, out: Path):
     from train.features import default_cache_dir
     from train.pipeline import select_and_split
     from train.splits import split_id
-    from train.sweep_trial import TrialSetup
+    from train.sweep.trial import TrialSetup
 
     label_set = get_label_set(args.labels)
     data = [Path(d).resolve() for d in (args.data or default_data_paths())]
@@ -134,7 +134,7 @@ def _start_ray(address: str | None) -> str:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # trial processes inherit it locally
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no per-trial tables: our bar instead
-    from train.sweep_tune import import_tune
+    from train.sweep.tune import import_tune
 
     # before Ray is imported: its C++ side reads RAY_AUTH_MODE once, at import
     if address is not None:
@@ -178,7 +178,7 @@ def _stop_ray() -> None:
 
 def _finish(sweep: Sweep, rows: list[dict], split: str, out: Path, seconds: float,
             cluster: str) -> int:
-    from train.sweep_summary import build_summary, headline, render_table, write_summary
+    from train.sweep.summary import build_summary, headline, render_table, write_summary
 
     summary = build_summary(sweep, rows, split, out, seconds, cluster)
     json_path, csv_path = write_summary(out, summary)

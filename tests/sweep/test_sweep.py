@@ -29,11 +29,11 @@ from edge.cli import main
 from edge.errors import DeviceError, SpecError, UsageError
 from edge.spec import DEFAULT_SPEC
 from tests.data_sources import SOURCES
-from train.sweep_spec import SWEEP_HELP, load_sweep, parse_sweep
-from train.sweep_summary import build_summary, render_table
-from train.sweep_trial import TrialSetup, error_text, run_trial, trial_config
+from train.sweep.spec import SWEEP_HELP, load_sweep, parse_sweep
+from train.sweep.summary import build_summary, render_table
+from train.sweep.trial import TrialSetup, error_text, run_trial, trial_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "sweep.yaml"
 
 LIMIT = 10  # recordings per source: every source and class in every split, seconds to train

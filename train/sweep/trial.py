@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edge.errors import HeartsoundError
-from train.sweep_spec import feature_spec
+from train.sweep.spec import feature_spec
 
 #: Error texts are cut to this many characters in rows and tables.
 MAX_ERROR_CHARS = 300
@@ -48,7 +48,7 @@ class TrialSetup:
 def trial_config(params: Mapping, threads: int = 1):
     """(TrainConfig, FeatureSpec) of one trial's parameters (``spec`` nested)."""
     from train.augment import AugmentConfig
-    from train.commands.train import DEFAULT_ARCH
+    from train.models import DEFAULT_ARCH
     from train.trainer import TrainConfig
 
     flat = {k: v for k, v in params.items() if k != "spec"}

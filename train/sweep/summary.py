@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from train.sweep_spec import METRICS, Sweep
+from train.sweep.spec import METRICS, Sweep
 
 SUMMARY_FORMAT = "heartsound-sweep-summary/1"
 SUMMARY_JSON = "sweep_summary.json"

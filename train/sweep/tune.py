@@ -3,7 +3,7 @@
 Tune does the searching and scheduling (grid and random search with
 :class:`~ray.tune.search.basic_variant.BasicVariantGenerator`, one CPU per trial, as many
 trials at once as the cluster has free CPUs); each trial is
-:func:`train.sweep_trial.run_trial`. Nothing here trains.
+:func:`train.sweep.trial.run_trial`. Nothing here trains.
 
 Why trials report rows instead of raising: Tune would print a traceback per failed trial
 and keep only its type; a row carries the one-line reason into the summary. A trial
@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from edge.errors import UsageError
-from train.sweep_spec import ABBREVIATIONS, Axis, Sweep
-from train.sweep_trial import TrialSetup, run_trial
+from train.sweep.spec import ABBREVIATIONS, Axis, Sweep
+from train.sweep.trial import TrialSetup, run_trial
 
 TUNE_DIR = "tune"
 TUNE_INSTALL_HINT = "pip install 'ray[tune]' (with the 'cluster' extra)"
