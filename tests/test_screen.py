@@ -23,10 +23,10 @@ from edge.interpreter import Classifier
 from edge.mfcc import mfcc, windows
 from edge.model_meta import read_model_meta
 from edge.screening import default_model_path
+from tests.test_interpreter import _second_python  # one way to find the older-Pi Python
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((REPO / "examples").glob("*.wav"))
-SECOND_PYTHON = REPO / ".venv-tflrt" / "bin" / "python"
 HEAVY = ("tensorflow", "keras", "tf_keras", "scipy")
 VOLATILE = ("latency_ms", "interpreter")
 
@@ -88,12 +88,10 @@ def test_screening_imports_no_tensorflow_keras_or_scipy(tmp_path):
 
 
 def test_tflite_runtime_device_gives_identical_results(tmp_path):
-    if not SECOND_PYTHON.exists():
-        pytest.fail(f"no tflite-runtime environment at {SECOND_PYTHON}: run scripts/setup.sh",
-                    pytrace=False)
+    second_python = _second_python()
     args = (*map(str, EXAMPLES), "--json", "--no-log")
     ours = _json_lines(_screen(*args, home=tmp_path))
-    old_pi = _screen(*args, home=tmp_path, python=str(SECOND_PYTHON),
+    old_pi = _screen(*args, home=tmp_path, python=second_python,
                      env_extra={"HEARTSOUND_INTERPRETER": "tflite_runtime"})
     theirs = _json_lines(old_pi)
     assert {r["interpreter"] for r in theirs} == {"tflite_runtime"}
