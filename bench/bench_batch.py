@@ -3,9 +3,9 @@
 Screens the same real recordings (an even spread of every source: PASCAL A and B,
 PhysioNet a, b, d) with
 
-- edge.batch.screen_local, workers=1 (this process, no pool: the baseline) and 2 (spawned
+- edge.batch.pool.screen_local, workers=1 (this process, no pool: the baseline) and 2 (spawned
   pool; its start-up is part of the time),
-- edge.batch_ray.screen_ray with 1 and 2 actors on a two-node Ray cluster (one CPU per
+- edge.batch.cluster.screen_ray with 1 and 2 actors on a two-node Ray cluster (one CPU per
   node) started here with `ray start` inside a network namespace (`unshare -n`, loopback
   only, needs root), where Ray binds to 127.0.0.1,
 
@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.batch import jobs_for, screen_local  # noqa: E402
+from edge.batch.pool import jobs_for, screen_local  # noqa: E402
 from edge.screening import default_model_path  # noqa: E402
 
 SOURCES = ("pascal/set_a", "pascal/set_b", "physionet2016/training-a",
@@ -129,7 +129,7 @@ def stop_cluster(nodes: list[subprocess.Popen]) -> None:
 
 
 def ray_run(files: list[str], actors: int) -> dict:
-    from edge.batch_ray import screen_ray
+    from edge.batch.cluster import screen_ray
 
     start = time.perf_counter()
     outcomes = screen_ray(jobs_for(files, absolute=True), default_model_path(),

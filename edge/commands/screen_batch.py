@@ -1,6 +1,6 @@
 """`heartsound screen --workers/--ray/--csv/--resume`: many recordings, one row each.
 
-The engines (:mod:`edge.batch` on this machine, :mod:`edge.batch_ray` on a cluster)
+The engines (:mod:`edge.batch.pool` on this machine, :mod:`edge.batch.cluster` on a cluster)
 return outcomes; this process alone writes them: first to the screening log, then to
 the output. Why that order: the output is what ``--resume`` trusts, so a row is
 written only once its screening is stored; a log that fails stops the job (exit 7) and
@@ -23,8 +23,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from edge.batch import Job, Outcome, jobs_for, screen_local
-from edge.batch_output import STDOUT, RowWriter, done_files, open_writer
+from edge.batch.output import STDOUT, RowWriter, done_files, open_writer
+from edge.batch.pool import Job, Outcome, jobs_for, screen_local
 from edge.commands.screen import _wav_files, log_record
 from edge.errors import UsageError
 from edge.screening import ScreeningResult, describe
@@ -99,7 +99,7 @@ def _skip_done(args: argparse.Namespace, names: list[str], fmt: str | None) -> l
 def _engine(args: argparse.Namespace, jobs: list[Job], notify) -> Iterator[Outcome]:
     keep = bool(args.keep_audio)
     if args.ray:
-        from edge.batch_ray import screen_ray  # imported only here: the Pi never loads Ray
+        from edge.batch.cluster import screen_ray  # imported only here: the Pi never loads Ray
 
         return screen_ray(jobs, args.model, args.ray, actors=args.workers, keep_audio=keep,
                           notify=notify)

@@ -2,7 +2,7 @@
 sweep of two tiny trials with Ray Tune on the real recordings.
 
 The real sweep runs the command inside a network namespace that this module creates
-(``unshare -n``, loopback up, as root), as tests/test_batch_ray.py does: there the local
+(``unshare -n``, loopback up, as root), as tests/batch/test_cluster.py does: there the local
 Ray binds to 127.0.0.1 and nothing can reach beyond loopback. Both trials train a CNN
 with different training seeds: the sweep must still give them the same patient-level
 split (the split seed is the sweep's), which is what makes their ranking fair.

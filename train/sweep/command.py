@@ -7,7 +7,7 @@ trials run and the summary is written even when some of them failed.
 
 Local by default: Ray on this machine with one CPU per trial, bound to 127.0.0.1 (a
 sweep on a laptop opens no port to the network). ``--ray`` joins a running cluster with
-:func:`edge.batch_ray.connect`, the same helper (and messages) as ``heartsound screen
+:func:`edge.batch.cluster.connect`, the same helper (and messages) as ``heartsound screen
 --ray``.
 """
 
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge.batch_ray import RAY_AUTH_MODE_ENV, ray_token_given, send_saved_token
+from edge.batch.cluster import RAY_AUTH_MODE_ENV, ray_token_given, send_saved_token
 from edge.errors import UsageError
 from train.sweep.spec import Sweep, load_sweep
 
@@ -143,7 +143,7 @@ def _start_ray(address: str | None) -> str:
         _ephemeral_token()
     import_tune()  # a missing Ray Tune is reported before anything starts
     if address is not None:
-        from edge.batch_ray import connect
+        from edge.batch.cluster import connect
 
         ray = connect(address)
         cpus = int(ray.cluster_resources().get("CPU", 0))

@@ -1,4 +1,4 @@
-"""Batch screening on a Ray cluster: the jobs and outcomes of :mod:`edge.batch`, run by
+"""Batch screening on a Ray cluster: the jobs and outcomes of :mod:`edge.batch.pool`, run by
 Ray actors instead of local processes.
 
 Imported only for ``heartsound screen --ray``: a Raspberry Pi never loads Ray.
@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from edge.batch import MAX_CRASHES_PER_RECORDING, Job, Outcome, screen_job
+from edge.batch.pool import MAX_CRASHES_PER_RECORDING, Job, Outcome, screen_job
 from edge.errors import DeviceError, UsageError
 
 __all__ = ["connect", "screen_ray"]

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.batch_output import read_rows
+from edge.batch.output import read_rows
 from tests.mfcc_recordings import pick
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VOLATILE = ("latency_ms", "interpreter")
 PER_SOURCE = {"pascal/set_a": 6, "pascal/set_b": 6, "physionet2016/training-a": 6,
               "physionet2016/training-b": 6, "physionet2016/training-d": 6}

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.batch.test_pool import BAD_CODE, by_file, kill_drill
 from tests.mfcc_recordings import pick
-from tests.test_batch import BAD_CODE, by_file, kill_drill
 
 pytest.importorskip("ray", reason="the 'cluster' extra (Ray) is not installed")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PORT = 6379  # free: the namespace is new
 SOURCES = ("pascal/set_a", "pascal/set_b", "physionet2016/training-a",
            "physionet2016/training-b", "physionet2016/training-d", "physionet2016/training-e")
@@ -183,7 +183,7 @@ def recordings(data_root, tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="module")
 def single(recordings, tmp_path_factory) -> dict[str, dict]:
     """The single-process batch run on this machine (its bits equal screening alone,
-    tests/test_batch.py shows that)."""
+    tests/batch/test_pool.py shows that)."""
     home = tmp_path_factory.mktemp("home")
     done = subprocess.run([sys.executable, "-m", "edge.cli", "screen", *recordings, "--json",
                            "--no-log", "--workers", "1"], capture_output=True, text=True,
