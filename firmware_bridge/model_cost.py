@@ -12,7 +12,7 @@ from __future__ import annotations
 from math import prod
 
 from edge.tflite_file import Subgraph, parse_tflite
-from firmware_bridge.build import builtin_names
+from firmware_bridge.tflm_tree import builtin_names
 
 #: UNIDIRECTIONAL_SEQUENCE_LSTM inputs 1-4 are the input weights (i, f, c, o gates), 5-8
 #: the recurrent weights (TFLite's lstm_shared.h numbering).

@@ -22,7 +22,7 @@ from edge.interpreter import Quantisation, quantise_features
 from edge.mfcc import mfcc, windows
 from edge.spec import DEFAULT_SPEC
 from edge.tflite_file import parse_tflite
-from firmware_bridge import build
+from firmware_bridge import build, tflm_tree
 from firmware_bridge.model_array import inputs_source, model_source
 from firmware_bridge.model_cost import model_macs
 from tests.mfcc_recordings import SOURCES, load, pick
@@ -217,19 +217,19 @@ def test_model_array_rejects_non_tflite():
 
 
 def test_firmware_op_list_is_parsed_from_model_ops_h():
-    ops = build.firmware_ops()
+    ops = tflm_tree.firmware_ops()
     assert {"CONV_2D", "MAX_POOL_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX", "RESHAPE",
             "UNIDIRECTIONAL_SEQUENCE_LSTM", "STRIDED_SLICE"} <= set(ops)
     assert len(ops) == len(set(ops))
-    stems = build.kernel_stems()
+    stems = tflm_tree.kernel_stems()
     assert {"conv", "unidirectional_sequence_lstm", "lstm_eval"} <= set(stems)
 
 
 @pytest.mark.slow
 def test_models_use_only_registered_ops(cnn: Case, crnn: Case):
     for case in (cnn, crnn):
-        assert set(build.model_ops(case.model)) <= set(build.firmware_ops())
-        build.check_model_ops(case.model)
+        assert set(tflm_tree.model_ops(case.model)) <= set(tflm_tree.firmware_ops())
+        tflm_tree.check_model_ops(case.model)
 
 
 def test_parse_console_reads_every_line_kind():
@@ -253,16 +253,16 @@ def test_unknown_target_and_missing_tree_are_one_line_errors(tmp_path):
 def test_cmake_takes_tflm_from_fetchcontent_override(tmp_path):
     """Without the default tree, CMake's FetchContent is used; its source-dir override
     points it at a local copy (what an offline CI does). Configure only: seconds."""
-    tree = build.default_tflm_dir()
+    tree = tflm_tree.default_tflm_dir()
     proc = subprocess.run(
-        [*build.NICE, "cmake", "-S", str(build.FIRMWARE_DIR), "-B", str(tmp_path / "b"),
+        [*build.NICE, "cmake", "-S", str(tflm_tree.FIRMWARE_DIR), "-B", str(tmp_path / "b"),
          f"-DTFLM_DEFAULT_DIR={tmp_path / 'missing'}", "-DFETCHCONTENT_FULLY_DISCONNECTED=ON",
          f"-DFETCHCONTENT_SOURCE_DIR_TFLITE_MICRO={tree}"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"TFLite Micro sources: {tree}" in proc.stdout
     proc = subprocess.run(
-        [*build.NICE, "cmake", "-S", str(build.FIRMWARE_DIR), "-B", str(tmp_path / "c"),
+        [*build.NICE, "cmake", "-S", str(tflm_tree.FIRMWARE_DIR), "-B", str(tmp_path / "c"),
          f"-DTFLM_DEFAULT_DIR={tmp_path / 'missing'}", "-DFETCHCONTENT_FULLY_DISCONNECTED=ON"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "no TFLite Micro sources" in proc.stderr

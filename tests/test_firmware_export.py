@@ -28,7 +28,7 @@ from edge.model_meta import read_model_meta
 from edge.screening import PACKAGED_MODEL
 from edge.spec import NORMALISATIONS, FeatureSpec
 from edge.tables import tables_for
-from firmware_bridge import build
+from firmware_bridge import build, tflm_tree
 from firmware_bridge.export import ARENA_MARGIN, export_firmware
 from firmware_bridge.tables_header import render_header
 
@@ -101,7 +101,7 @@ def test_model_array_holds_the_model(exported):
 def test_ops_header_registers_only_the_model_ops(exported):
     text = (exported / "src" / "hs_ops_enabled.h").read_text()
     enabled = set(re.findall(r"HS_OP_ENABLED_(\w+) 1", text))
-    assert enabled == set(build.model_ops(PACKAGED_MODEL.read_bytes()))
+    assert enabled == set(tflm_tree.model_ops(PACKAGED_MODEL.read_bytes()))
 
 
 @pytest.mark.parametrize("compiler", ["gcc", "arm-none-eabi-gcc"])
@@ -148,14 +148,14 @@ def test_front_end_and_device_loop_compile_for_every_normalisation(exported, com
 
 def test_platformio_project_is_consistent(exported):
     ini = (exported / "platformio.ini").read_text()
-    for flag in build.tflm_flags():
+    for flag in tflm_tree.tflm_flags():
         assert flag in ini
         if flag.startswith("-I"):
             assert (exported / flag[2:]).is_dir(), flag
     lib = exported / "lib" / "tflite-micro"
     assert json.loads((lib / "library.json").read_text())["name"] == "tflite-micro"
-    shipped = {p.relative_to(build.default_tflm_dir()) for p in
-               build.tflm_source_files(build.default_tflm_dir())}
+    shipped = {p.relative_to(tflm_tree.default_tflm_dir()) for p in
+               tflm_tree.tflm_source_files(tflm_tree.default_tflm_dir())}
     assert shipped and all((lib / rel).is_file() for rel in shipped)
     assert (exported / "src" / "platform_arduino.cpp").is_file()
     for board in ("mps2-an386", "host"):
