@@ -82,8 +82,15 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the full parser; each command module adds its own options."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Build the parser; each command module adds its own options.
+
+    Given the command line, only the named command's module is imported (the others are
+    listed, without their options): ``heartsound screen`` on a Raspberry Pi then loads
+    nothing of the host-side commands (deploy, history's fleet options). Without a command
+    (``heartsound --help``, or ``argv`` None) every command module is imported.
+    """
+    chosen = _chosen_command(argv)
     parser = argparse.ArgumentParser(
         prog="heartsound",
         description="Heart-sound screening at the edge: train, convert, verify, and screen "
@@ -96,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, short, description) in COMMANDS.items():
         cmd = sub.add_parser(name, help=short, description=description)
+        if chosen not in (None, name):
+            continue
         module = _command_module(module_name)
         if module is None:
             cmd.set_defaults(_module=None, _module_name=module_name)
@@ -103,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(cmd)
         cmd.set_defaults(_module=module)
     return parser
+
+
+def _chosen_command(argv: Sequence[str] | None) -> str | None:
+    """The command named on the command line (its first word), if it is one of COMMANDS."""
+    first = next(iter(argv), None) if argv is not None else None
+    return first if first in COMMANDS else None
 
 
 def _command_module(module_name: str):
@@ -131,7 +146,8 @@ def quiet_library_logging() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     quiet_library_logging()
     if args._module is None:
         print(

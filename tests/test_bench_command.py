@@ -117,7 +117,7 @@ def test_bench_runs_from_the_wheel_in_a_fresh_venv(tmp_path):
     recording it times must come with the package (it used to say "no example recordings
     found"). The venv reuses this machine's numpy and LiteRT; the wheel goes in with
     --no-index, so nothing is downloaded."""
-    from edge.deploy_bundle import build_wheel
+    from edge.deploy.bundle import build_wheel
 
     wheel = build_wheel(tmp_path / "wheel")
     venv = tmp_path / "venv"

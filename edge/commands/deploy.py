@@ -1,12 +1,12 @@
 """`heartsound deploy`: install the runtime and model on a Raspberry Pi over SSH.
 
-With ``--hosts FILE`` it does the same on every device of a fleet at once (`edge.fleet`,
+With ``--hosts FILE`` it does the same on every device of a fleet at once (`edge.deploy.fleet`,
 Fabric's ThreadingGroup): each device deploys atomically on its own, one failing device
 does not stop the others, a table says what each device runs now, and the exit code is
 non-zero if any failed.
 
-Thin layer over `edge.deploy_bundle` (what goes to the device), `edge.deploy_remote`
-(how it gets there, atomically) and `edge.offline_bundle` (the USB-stick variant). Those
+Thin layer over `edge.deploy.bundle` (what goes to the device), `edge.deploy.remote`
+(how it gets there, atomically) and `edge.deploy.offline` (the USB-stick variant). Those
 need Fabric (the `deploy` extra), so they are imported inside `run`: the device itself
 never loads them.
 """
@@ -19,9 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edge.dependency_wheels import WheelTarget
+from edge.deploy.hosts import add_ssh_arguments, read_hosts
+from edge.deploy.wheels import WheelTarget
 from edge.errors import UsageError
-from edge.fleet_hosts import add_ssh_arguments, read_hosts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise UsageError("deploy needs Fabric on this host: pip install 'heartsound[deploy]'"
                          ) from None
-    from edge import deploy_remote as remote
+    from edge.deploy import remote
 
     if bool(args.host) == bool(args.hosts):
         raise UsageError("give one of --host USER@HOST[:PORT] or --hosts FILE (or "
@@ -114,8 +114,7 @@ def _note(text: str) -> None:
 
 def _fleet(args: argparse.Namespace, options) -> int:
     """Deploy (or bench) every device of the hosts file; the table, then the exit code."""
-    from edge import deploy_remote as remote
-    from edge import fleet
+    from edge.deploy import fleet, remote
 
     if args.rollback or args.list:
         raise UsageError("--hosts works with a deploy and with --bench; roll back or list "
@@ -155,8 +154,8 @@ def _bundle(args: argparse.Namespace, scratch: Path,
     `platform`: the device's (pip platform tags, 'X.Y') or a WheelTarget; given, the
     bundle carries the dependency wheels for it.
     """
-    from edge import deploy_bundle as db
-    from edge.dependency_wheels import download_dependency_wheels
+    from edge.deploy import bundle as db
+    from edge.deploy.wheels import download_dependency_wheels
 
     if args.bundle and (args.bundle / db.MANIFEST).is_file():
         return db.load_bundle(args.bundle)
@@ -175,8 +174,8 @@ def _bundle(args: argparse.Namespace, scratch: Path,
 
 def _offline_bundle(args: argparse.Namespace) -> int:
     """Build the USB-stick archive with every wheel the target needs; print how to install."""
-    from edge.dependency_wheels import parse_target
-    from edge.offline_bundle import archive_sha256, build_offline_bundle, install_line, top_folder
+    from edge.deploy.offline import archive_sha256, build_offline_bundle, install_line, top_folder
+    from edge.deploy.wheels import parse_target
 
     if not args.offline_bundle.name.endswith(".tar.gz"):
         raise UsageError(f"{args.offline_bundle}: the offline bundle is a .tar.gz; give a name "

@@ -6,7 +6,7 @@ even from a write-protected card. Only the standard library at the top: the log 
 
 Two more jobs for a fleet: ``--backup FILE`` writes a consistent copy of the log (run on
 a device by ``--pull``), and ``--pull --hosts FILE`` gathers every device's log into the
-local one, without duplicates (`edge.fleet.pull_logs`; needs Fabric on the host).
+local one, without duplicates (`edge.deploy.fleet.pull_logs`; needs Fabric on the host).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edge.deploy.hosts import add_ssh_arguments
 from edge.errors import DeviceError, UsageError
-from edge.fleet_hosts import add_ssh_arguments
 
 DEFAULT_LIMIT = 20
 PROB_WIDTH = 6
@@ -98,12 +98,12 @@ def _pull(args: argparse.Namespace, path: Path) -> int:
     if not (args.pull and args.hosts):
         raise UsageError("--pull needs --hosts FILE (and --hosts goes with --pull only)")
     try:
-        from edge import fleet
+        from edge.deploy import fleet
     except ImportError:
         raise UsageError("--pull needs Fabric on this host: pip install 'heartsound[deploy]'"
                          ) from None
-    from edge.deploy_remote import DeployOptions
-    from edge.fleet_hosts import read_hosts
+    from edge.deploy.hosts import read_hosts
+    from edge.deploy.remote import DeployOptions
     from edge.screening_log import ScreeningLog
 
     entries = read_hosts(args.hosts)  # a bad line stops everything before any connection

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge.deploy_link import DEAD_LINK_BOUND_FACTOR, LINK_TIMEOUT_S
+from edge.deploy.link import DEAD_LINK_BOUND_FACTOR, LINK_TIMEOUT_S
 from edge.errors import UsageError
 
 if TYPE_CHECKING:  # the CLI imports this module for its options: keep its start-up light
-    from edge.deploy_remote import Target
+    from edge.deploy.remote import Target
 
 COMMENT = "#"
 KEY_PREFIX = "key="
@@ -44,7 +44,7 @@ class HostEntry:
 
 def read_hosts(path: str | Path) -> list[HostEntry]:
     """Every device of a hosts file, in file order; UsageError naming file:line if not."""
-    from edge.deploy_remote import Target  # one parser for an address, shared with --host
+    from edge.deploy.remote import Target  # one parser for an address, shared with --host
 
     path = Path(path)
     try:

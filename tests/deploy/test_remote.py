@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from edge import deploy_remote as remote
-from edge.deploy_bundle import (
+from edge.deploy import remote
+from edge.deploy.bundle import (
     MANIFEST,
     SUMS,
     build_bundle,
@@ -36,13 +36,13 @@ from edge.deploy_bundle import (
     load_bundle,
     sha256_file,
 )
-from edge.deploy_link import DEAD_LINK_BOUND_FACTOR
+from edge.deploy.link import DEAD_LINK_BOUND_FACTOR
+from edge.deploy.offline import UnsafeArchiveError, safe_extract
 from edge.errors import DataError, DeviceError, UsageError
-from edge.offline_bundle import UnsafeArchiveError, safe_extract
 from tests.sshd_fixture import SSHD, SshServer, free_port, keygen
 from tests.tcp_relay import Fault, TcpRelay
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 HEARTSOUND = shutil.which("heartsound") or "heartsound"
 
@@ -398,7 +398,7 @@ def test_full_disk_keeps_previous_release(small_disk, bundle):
 
 
 # ---------------------------------------------------------------------------------------------
-# safe extraction (the offline bundle itself: tests/test_offline_bundle.py)
+# safe extraction (the offline bundle itself: tests/deploy/test_offline.py)
 
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:

@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge.dependency_wheels import WheelTarget, manylinux_platforms, resolve_wheels
+from edge.deploy.install import sha256_file  # the device-side installer's own hash
+from edge.deploy.wheels import WheelTarget, manylinux_platforms, resolve_wheels
 from edge.errors import DeviceError, ModelError, UsageError
-from edge.offline_install import sha256_file  # the device-side installer's own hash
 
 __all__ = ["Bundle", "build_bundle", "build_wheel", "device_requirements", "load_bundle",
            "manylinux_platforms", "sha256_file"]
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = PROJECT_DIR / "examples"
 BUNDLE_FORMAT = 1
 DEVICE_EXTRA = "edge"

@@ -6,7 +6,7 @@ Copy the archive by USB stick, then on the device run one command::
 
 The archive (top folder ``heartsound-<version>-offline/``) holds ``install.sh`` (checks
 for Python 3.11+ in plain sh, so an old Python gets a clear message instead of a syntax
-error), ``install.py`` (this package's `edge.offline_install`, standard library only),
+error), ``install.py`` (this package's `edge.deploy.install`, standard library only),
 ``wheels/`` with every wheel the device installs (heartsound and, for the bundle's
 target platform and CPython, each of its dependencies), and the rest of the bundle as
 ``payload.tar.gz`` with its sha256; the payload's manifest lists every wheel's sha256.
@@ -27,11 +27,11 @@ import tarfile
 import time
 from pathlib import Path
 
-from edge import offline_install
-from edge.dependency_wheels import WheelTarget
-from edge.deploy_bundle import DEVICE_EXTRA, WHEELS_DIR, Bundle, sha256_file
+from edge.deploy import install
+from edge.deploy.bundle import DEVICE_EXTRA, WHEELS_DIR, Bundle, sha256_file
+from edge.deploy.install import PAYLOAD, UnsafeArchiveError, safe_extract
+from edge.deploy.wheels import WheelTarget
 from edge.errors import UsageError
-from edge.offline_install import PAYLOAD, UnsafeArchiveError, safe_extract
 
 __all__ = ["INSTALL_SH", "UnsafeArchiveError", "archive_sha256", "build_offline_bundle",
            "install_line", "safe_extract", "top_folder"]
@@ -128,7 +128,7 @@ def build_offline_bundle(bundle: Bundle, out: Path) -> Path:
     tmp = out.with_name(out.name + ".part")
     with tarfile.open(tmp, "w:gz") as tar:
         _add(tar, f"{top}/install.sh", INSTALL_SH.encode(), EXEC_MODE)
-        _add(tar, f"{top}/install.py", Path(offline_install.__file__).read_bytes(), EXEC_MODE)
+        _add(tar, f"{top}/install.py", Path(install.__file__).read_bytes(), EXEC_MODE)
         for rel in wheels:
             _add(tar, f"{top}/{rel}", (bundle.path / rel).read_bytes())
         _add(tar, f"{top}/{PAYLOAD}", payload_bytes)

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from edge.deploy_bundle import build_bundle, build_wheel
+from edge.deploy.bundle import build_bundle, build_wheel
+from edge.deploy.hosts import read_hosts
 from edge.errors import DeviceError, UsageError
-from edge.fleet_hosts import read_hosts
 from edge.screening_log import MIGRATIONS, Screening, ScreeningLog
 from edge.spec import DEFAULT_SPEC
 from tests.sshd_fixture import SSHD, SshServer, keygen
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 DISK = "96m"  # a release with system site packages is a few MB; deploy wants 40 MB spare
 

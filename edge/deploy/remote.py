@@ -32,19 +32,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from edge.deploy_bundle import CONFIG_TEMPLATE as _CONFIG_TEMPLATE
-from edge.deploy_bundle import (
+from edge.deploy.bundle import CONFIG_TEMPLATE as _CONFIG_TEMPLATE
+from edge.deploy.bundle import (
     MIN_PYTHON,
     SERVICE_NAME,
     UNIT_TEMPLATE,
     Bundle,
     manylinux_platforms,
 )
-from edge.deploy_bundle import ROOT_PLACEHOLDER as _ROOT
-from edge.deploy_bundle import USER_PLACEHOLDER as _USER
-from edge.deploy_link import LINK_TIMEOUT_S
+from edge.deploy.bundle import ROOT_PLACEHOLDER as _ROOT
+from edge.deploy.bundle import USER_PLACEHOLDER as _USER
+from edge.deploy.install import DATA_MODE, INCOMPLETE, RELEASE_NAME, release_name
+from edge.deploy.link import LINK_TIMEOUT_S
 from edge.errors import DeviceError, UsageError
-from edge.offline_install import DATA_MODE, INCOMPLETE, RELEASE_NAME, release_name
 
 DEFAULT_ROOT = "heartsound"  # relative: under the login user's home on the device
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -105,7 +105,7 @@ class DeployOptions:
     offline: bool = False  # pip --no-index: only the bundle's wheels (and system packages)
     keep: int = DEFAULT_KEEP
     min_free_mb: float = DEFAULT_MIN_FREE_MB
-    link_timeout: float = LINK_TIMEOUT_S  # see `edge.deploy_link`; --link-timeout
+    link_timeout: float = LINK_TIMEOUT_S  # see `edge.deploy.link`; --link-timeout
 
 
 class StepFailed(Exception):
@@ -212,7 +212,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def open_device(target: Target, options: DeployOptions = DeployOptions()) -> Device:
-    """A verified connection with its link watch (`edge.deploy_link`), as a Device."""
+    """A verified connection with its link watch (`edge.deploy.link`), as a Device."""
     return Device(connect(target, options), target, options.link_timeout)
 
 
@@ -224,7 +224,7 @@ class Device:
     """
 
     def __init__(self, conn, target: Target, link_timeout: float = LINK_TIMEOUT_S) -> None:
-        from edge.deploy_link import LinkWatch
+        from edge.deploy.link import LinkWatch
 
         self.conn, self.target, self.link_timeout = conn, target, link_timeout
         self.watch = LinkWatch(conn.client.get_transport(), link_timeout)

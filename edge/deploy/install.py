@@ -3,7 +3,7 @@
 This file is copied into the offline archive as ``install.py`` and run there by
 ``install.sh`` with the device's own Python, before heartsound exists on the device: so it
 imports nothing but the standard library. Inside heartsound it is also the home of
-`safe_extract` and of the release naming that `edge.deploy_remote` shares.
+`safe_extract` and of the release naming that `edge.deploy.remote` shares.
 
 Steps mirror the SSH deploy: check the payload's sha256, extract it safely into a new
 ``ROOT/releases/<version>-<time>/bundle``, copy the wheels that lie beside the payload

@@ -22,19 +22,19 @@ from pathlib import Path
 
 import pytest
 
-from edge import offline_install
-from edge.dependency_wheels import (
+from edge.deploy import install
+from edge.deploy.bundle import build_bundle, build_wheel, device_requirements, sha256_file
+from edge.deploy.install import InstallError
+from edge.deploy.wheels import (
     WheelTarget,
     download_dependency_wheels,
     manylinux_platforms,
     parse_target,
 )
-from edge.deploy_bundle import build_bundle, build_wheel, device_requirements, sha256_file
 from edge.errors import DownloadError, UsageError
-from edge.offline_install import InstallError
 from tests.sshd_fixture import SSHD, SshServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "physionet_a0336_abnormal.wav"
 HEARTSOUND = shutil.which("heartsound") or "heartsound"
 PYPI_PROBE = "https://pypi.org/simple/ai-edge-litert/"
@@ -162,7 +162,7 @@ def test_install_sh_installs_the_native_bundle_and_refuses_a_bad_stick(native, t
     res = subprocess.run(args, capture_output=True, text=True, timeout=600, env=device_env())
     assert res.returncode == 0, res.stderr
     first = os.readlink(root / "current").removeprefix("releases/")
-    assert offline_install.RELEASE_NAME.match(first) and f"installed {first}" in res.stdout
+    assert install.RELEASE_NAME.match(first) and f"installed {first}" in res.stdout
     assert (root / "data").stat().st_mode & 0o777 == 0o700
     screen = subprocess.run([str(root / "current/bin/heartsound"), "screen", "--json",
                              "--no-log", str(EXAMPLE)], capture_output=True, text=True,
@@ -306,6 +306,6 @@ def test_installer_names_pips_error_line_not_its_last_line():
               "file=sys.stderr); print('INFO: pip is looking at multiple versions of "
               "heartsound[edge]'); sys.exit(1)")
     with pytest.raises(InstallError) as err:
-        offline_install._run("installing dependencies", [sys.executable, "-c", script])
+        install._run("installing dependencies", [sys.executable, "-c", script])
     assert str(err.value) == ("installing dependencies: ERROR: No matching distribution "
                               "found for numpy>=1.26")

@@ -3,7 +3,7 @@
 Why a Connection subclass: a ThreadingGroup calls one named method of every member
 Connection, each in its own thread, and hands back each member's return value *or* its
 exception (a GroupResult). That is exactly "one failing device does not stop the others".
-The methods of :class:`DeviceHandle` call the single-device code of `edge.deploy_remote`
+The methods of :class:`DeviceHandle` call the single-device code of `edge.deploy.remote`
 unchanged (same host-key policy, same atomic release switch, same rollback on failure),
 so a fleet deploy is N single deploys side by side, each atomic on its own device.
 
@@ -25,10 +25,10 @@ import paramiko
 from fabric import Connection, ThreadingGroup
 from fabric.exceptions import GroupException
 
-from edge import deploy_remote as remote
-from edge.deploy_bundle import Bundle
+from edge.deploy import remote
+from edge.deploy.bundle import Bundle
+from edge.deploy.hosts import HostEntry
 from edge.errors import DeviceError, HeartsoundError
-from edge.fleet_hosts import HostEntry
 from edge.screening_log import DB_NAME
 
 SHA_SHOWN = 12  # hex digits of a sha256 in a table: enough to tell models apart
@@ -39,7 +39,7 @@ class DeviceHandle(Connection):
     """One device of the fleet, as a ThreadingGroup member.
 
     The handle's own connection is never opened: each method goes through
-    `deploy_remote.connect`, which refuses unknown host keys (Fabric's default would
+    `remote.connect`, which refuses unknown host keys (Fabric's default would
     trust them), so that a fleet is reached exactly as a single device is.
     """
 

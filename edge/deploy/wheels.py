@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from edge.deploy.install import sha256_file
 from edge.errors import DownloadError, UsageError
-from edge.offline_install import sha256_file
 
 OLDEST_GLIBC_MINOR = 17  # manylinux2014 = glibc 2.17: the oldest tag current wheels carry
 NATIVE = "native"
