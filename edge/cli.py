@@ -82,6 +82,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# Host-only modules a device command reaches by name, so that nothing under edge/ but this
+# table names train, convert or firmware_bridge (tests/test_layout.py): `bench --baseline`
+# times the float Keras model of a training run, on the host.
+HOST_MODULES: dict[str, str] = {"bench --baseline": "train.baseline"}
+
+
+def host_module(part: str):
+    """The host-only module behind ``part`` of a command (see HOST_MODULES), imported now."""
+    return importlib.import_module(HOST_MODULES[part])
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """Build the parser; each command module adds its own options.
 

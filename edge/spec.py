@@ -308,10 +308,11 @@ def _check_mel(s: FeatureSpec) -> str | None:
 
 
 def _check_band_bins(s: FeatureSpec) -> str | None:
-    # Imported here: tables depends on this module.
-    from edge.tables import empty_mel_bands
+    # Imported here: numpy loads only when a spec is checked.
+    from edge.mel import empty_bands, mel_triangles
 
-    empty = empty_mel_bands(s)
+    empty = empty_bands(mel_triangles(s.f_min_hz, s.f_max_hz, s.n_mels, s.n_fft_bins,
+                                      s.sample_rate_hz / s.n_fft), s.mel_q)
     if empty:
         return (f"mel band(s) {empty} hold no FFT bin (bins are {s.sample_rate_hz / s.n_fft:.3g} "
                 "Hz apart): use fewer mel bands, a larger n_fft or a higher f_min_hz")

@@ -9,12 +9,13 @@ the float reference uses, so measured errors include the rounding of these table
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from edge.mel import mel_triangles, quantise
 
 if TYPE_CHECKING:
     from edge.spec import FeatureSpec
@@ -38,30 +39,10 @@ ACC_BITS = 63
 """Signed 64-bit accumulators: every product sum below is bounded under 2^62."""
 
 
-def mel_hz(mel: np.ndarray) -> np.ndarray:
-    """HTK mel to Hz."""
-    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
-
-
-def hz_mel(hz: float) -> float:
-    """Hz to HTK mel."""
-    return 2595.0 * math.log10(1.0 + hz / 700.0)
-
-
 def mel_matrix_f64(spec: FeatureSpec) -> np.ndarray:
     """(n_mels, n_fft_bins) triangles with peak 1, sampled at the bin frequencies."""
-    edges = mel_hz(np.linspace(hz_mel(spec.f_min_hz), hz_mel(spec.f_max_hz), spec.n_mels + 2))
-    freqs = np.arange(spec.n_fft_bins) * (spec.sample_rate_hz / spec.n_fft)
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (freqs - lo) / (mid - lo)
-    falling = (hi - freqs) / (hi - mid)
-    return np.clip(np.minimum(rising, falling), 0.0, None)
-
-
-def empty_mel_bands(spec: FeatureSpec) -> list[int]:
-    """Mel bands whose Q-format weights are all zero (no FFT bin falls inside them)."""
-    weights = _quantise(mel_matrix_f64(spec), spec.mel_q)
-    return [int(b) for b in np.flatnonzero(weights.sum(axis=1) == 0)]
+    return mel_triangles(spec.f_min_hz, spec.f_max_hz, spec.n_mels, spec.n_fft_bins,
+                         spec.sample_rate_hz / spec.n_fft)
 
 
 def window_f64(spec: FeatureSpec) -> np.ndarray:
@@ -77,11 +58,6 @@ def dct_matrix_f64(spec: FeatureSpec) -> np.ndarray:
     dct = np.sqrt(2.0 / spec.n_mels) * np.cos(np.pi * k * (2 * b + 1) / (2 * spec.n_mels))
     dct[0] /= np.sqrt(2.0)
     return dct
-
-
-def _quantise(values: np.ndarray, q: int) -> np.ndarray:
-    limit = 32767 if q <= 15 else 2**31 - 1                     # int16 or int32 table
-    return np.clip(np.round(values * (1 << q)), -limit - 1, limit).astype(np.int64)
 
 
 def _bitrev(n: int) -> np.ndarray:
@@ -125,19 +101,19 @@ def tables_for(spec: FeatureSpec) -> FrontEndTables:
     n = spec.n_fft
     k = np.arange(n // 2)
     twiddle = 1 << TWIDDLE_Q
-    mel = _quantise(mel_matrix_f64(spec), spec.mel_q)
+    mel = quantise(mel_matrix_f64(spec), spec.mel_q)
     starts, lengths = _mel_extent(mel)
     mel_sum_bits = int(mel.sum(axis=1).max()).bit_length()
     log_x = np.arange((1 << LOG_TABLE_BITS) + 1) / (1 << LOG_TABLE_BITS)
     return FrontEndTables(
-        window=_quantise(window_f64(spec), spec.window_q),
+        window=quantise(window_f64(spec), spec.window_q),
         twiddle_re=np.round(np.cos(2 * np.pi * k / n) * twiddle).astype(np.int64),
         twiddle_im=np.round(-np.sin(2 * np.pi * k / n) * twiddle).astype(np.int64),
         bitrev=_bitrev(n),
         mel=mel,
         mel_start=starts,
         mel_len=lengths,
-        dct=_quantise(dct_matrix_f64(spec), spec.dct_q),
+        dct=quantise(dct_matrix_f64(spec), spec.dct_q),
         log2_table=np.round(np.log2(1.0 + log_x) * (1 << LOG_TABLE_Q)).astype(np.int64),
         fft_in_bits=FFT_OUT_BITS - (n.bit_length() - 1),
         power_bits=ACC_BITS - 1 - mel_sum_bits,

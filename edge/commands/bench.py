@@ -58,17 +58,16 @@ def run(args: argparse.Namespace) -> int:
     figures = {"model_sha256": screener.classifier.sha256, "interpreter":
                screener.classifier.backend, "recording": str(wav), "init_ms": init_ms}
     if args.baseline:
-        from train.baseline import check_run
+        from edge.cli import host_module
 
-        check_run(args.baseline, screener.spec)  # before minutes of timings, not after
+        baseline = host_module("bench --baseline")
+        baseline.check_run(args.baseline, screener.spec)  # before minutes of timings, not after
     figures.update(bench_edge(screener, pcm, args.runs, args.warmup))
     figures["alternatives"] = bench_alternatives(screener, pcm, args.model or
                                                  default_model_path(), args.runs, args.warmup)
     figures["speedup_vs_float32"] = speedups(figures)
     if args.baseline:
-        from train.baseline import bench_float
-
-        figures["float_baseline"] = bench_float(args.baseline, pcm, screener.spec,
+        figures["float_baseline"] = baseline.bench_float(args.baseline, pcm, screener.spec,
                                                 args.runs, args.warmup)
         figures["speedup_vs_float"] = keras_speedups(figures)
     figures["peak_rss_mb"] = peak_rss_mb()

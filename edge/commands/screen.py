@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from edge.commands.screen_shared import log_record, wav_files
 from edge.errors import HeartsoundError, Stopped, UsageError
 
 MIC_DEFAULT_SECONDS = 20.0
-GLOB_CHARS = "*?["
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 def _screen_files(args, screener, results: _Results) -> int:
     """Screen file after file, each result kept at once; the first failure's exit code."""
     first_error = 0
-    for path in _wav_files(args.paths):
+    for path in wav_files(args.paths):
         try:
             result = _screen_file(args, screener, path)
         except HeartsoundError as exc:
@@ -156,36 +155,6 @@ def _check(args: argparse.Namespace) -> None:
     if is_batch(args) and (args.mic or args.report):
         raise UsageError("--workers, --ray, --csv and --resume screen files; drop --mic and "
                          "--report")
-
-
-def _expand_globs(paths: list[Path]) -> list[Path]:
-    """Glob patterns the shell left alone (quoted, or from a script) expand here, sorted;
-    ``**`` matches any depth. A path that exists is never taken for a pattern."""
-    out: list[Path] = []
-    for p in paths:
-        if p.exists() or not any(c in str(p) for c in GLOB_CHARS):
-            out.append(p)
-            continue
-        found = sorted(glob.glob(str(p), recursive=True))
-        if not found:
-            raise UsageError(f"{p}: no file or folder matches this pattern; check it")
-        out.extend(Path(f) for f in found)
-    return out
-
-
-def _wav_files(paths: list[Path]) -> list[Path]:
-    """Files as given; folders expand to their .wav files in name order."""
-    out: list[Path] = []
-    for p in _expand_globs(paths):
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() == ".wav")
-            if not found:
-                raise UsageError(f"{p}: folder holds no .wav files (sub-folders are not "
-                                 f"searched: pass '{p}/**/*.wav' to screen them)")
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
 
 
 def _screen_file(args, screener, path: Path):
@@ -271,20 +240,3 @@ class _Results:
     def __exit__(self, *exc) -> None:
         if self._log is not None:
             self._log.close()
-
-
-def log_record(args, screener, row: dict, pcm, uuid: str | None = None):
-    """The log's record of one screening, from its JSON row (single or batch path);
-    ``uuid`` None draws a fresh one when it is stored."""
-    from edge.screening_log import Screening
-
-    return Screening(
-        decision=row["decision"], probability=row["probability_abnormal"],
-        window_scores=[w["probability_abnormal"] for w in row["windows"]],
-        model_sha256=row["model_sha256"], spec_json=screener.spec.to_json(),
-        file=None if getattr(args, "mic", False) else row["file"],  # schema: NULL for the mic
-        patient_id=args.patient,
-        quality_reason=row["quality"].get("reason"), latency_ms=row["latency_ms"],
-        audio=pcm if args.keep_audio else None,
-        audio_rate=screener.spec.sample_rate_hz if args.keep_audio else None, uuid=uuid,
-    )

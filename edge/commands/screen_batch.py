@@ -25,7 +25,7 @@ from pathlib import Path
 
 from edge.batch.output import STDOUT, RowWriter, done_files, open_writer
 from edge.batch.pool import Job, Outcome, jobs_for, screen_local
-from edge.commands.screen import _wav_files, log_record
+from edge.commands.screen_shared import log_record, wav_files
 from edge.errors import UsageError
 from edge.screening import ScreeningResult, describe
 
@@ -37,7 +37,7 @@ def run_batch(args: argparse.Namespace, screener) -> int:
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: give at least 1")
     fmt, dest = _output(args)
-    names = list(dict.fromkeys(str(p) for p in _wav_files(args.paths)))
+    names = list(dict.fromkeys(str(p) for p in wav_files(args.paths)))
     names = _skip_done(args, names, fmt)
     jobs = jobs_for(names, absolute=bool(args.ray))
     if not jobs:
