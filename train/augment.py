@@ -9,7 +9,13 @@ mixing two patients' heart sounds are not things a bedside recording does. Two o
 were measured anyway as plain regularisers (CNN, split seed 0, recording-level test AUC
 PhysioNet / PASCAL, mean over training seeds; without them 0.789 / 0.660 over seeds
 0-3): time masking of up to 10 frames 0.807 / 0.645 (seeds 0-3), mixup (Beta 0.4) 0.797
-/ 0.656 (seeds 0-1). Neither moves both data sets beyond the seed noise.
+/ 0.656 (seeds 0-1). Neither moves both data sets beyond the seed noise. A third imitates
+another stethoscope exactly where the cepstrum sees it: a stethoscope's response is
+convolutive, so additive in c1..c12, and a recording's windows were shifted by (the mean
+cepstrum of a random training recording from another database) minus (their own mean),
+with probability 0.5. Leave-one-database-out AUC a / b / d / e (split seed 0, 12 epochs,
+no copies) fell from 0.767 / 0.597 / 0.730 / 0.331 to 0.694 / 0.555 / 0.360 / 0.498, and
+to 0.616 / 0.610 / 0.431 / 0.491 with the donor drawn from the same class: not kept.
 
 Noise comes only from real recordings of the *training* split, so no evaluation patient
 leaks into training:
