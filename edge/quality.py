@@ -126,8 +126,8 @@ HINTS = {
             "raise the input level",
     CLIPPED: "the signal is too loud: lower the input gain or press the chest piece more "
              "lightly, then record again",
-    NO_HEART: "no heart sound heard: place the chest piece on bare skin at the apex or "
-              "left lower sternal border, keep still and quiet, then record again",
+    NO_HEART: "place the chest piece on bare skin at the apex or left lower sternal border, "
+              "keep still and quiet, then record again",
 }
 
 

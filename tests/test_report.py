@@ -103,6 +103,7 @@ def test_report_for_an_unsure_recording_says_retake_and_why(data_root, tmp_path)
     assert text.splitlines()[0] == "RETAKE THE RECORDING"
     assert f"quality gate found {row['quality']['reason']}" in text
     assert _flat(row["quality"]["hint"]) in _flat(text)
+    assert _flat(text).count(row["quality"]["reason"]) == 1  # the hint does not repeat it
     assert "not a diagnosis" in text
 
 
