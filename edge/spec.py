@@ -27,13 +27,14 @@ source, 55 for PhysioNet d; ``python3 bench/bench_frontend.py --spectra`` reprod
   50 Hz, heart period and systole from its autocorrelation, S1 tracked period by period;
   64-88 bpm median per database) cut windows at each S1 instead of every second.
   Leave-one-database-out recording AUC a / b / d / e (same setup as the normalisation
-  bullet below): 0.750 / 0.670 / 0.712 / 0.452 (seed 1: 0.787 / 0.622 / 0.731 / 0.362)
-  against ``c0``'s 0.767 / 0.597 / 0.730 / 0.331 (0.768 / 0.626 / 0.634 / 0.486): +0.04
-  and -0.003 in the mean, inside the seed noise, so the device is spared a causal
-  segmenter. A Potes et al. (2016) style input (the cycle as four band-passed signals
-  at 1 kHz, two Conv1D layers, 21 k parameters) reached 0.641 / 0.531 / 0.560 / 0.412 on
-  cycles and 0.595 / 0.489 / 0.358 / 0.322 on fixed windows: segmentation helps that
-  network, yet it transfers to an unseen stethoscope worse than this MFCC front end.
+  bullet below), mean of training seeds 0-2: 0.758 / 0.631 / 0.709 / 0.400 against
+  ``c0``'s 0.772 / 0.609 / 0.681 / 0.388; the mean over databases moves by +0.04, -0.003
+  and -0.001 with seeds 0, 1 and 2 (+0.012 on average, inside the seed noise), so the
+  device is spared a causal segmenter. A Potes et al. (2016) style input (the cycle as
+  four band-passed signals at 1 kHz, two Conv1D layers, 21 k parameters; seed 0) reached
+  0.641 / 0.531 / 0.560 / 0.412 on cycles and 0.595 / 0.489 / 0.358 / 0.322 on fixed
+  windows: segmentation helps that network, yet it transfers to an unseen stethoscope
+  worse than this MFCC front end.
 * **Measured alternatives, none better.** The default CNN, same patient-level split,
   recording-level AUC validation / test PhysioNet / test PASCAL: these defaults 0.878 /
   0.808 / 0.719 (seed 1: 0.845 / 0.788 / 0.667, so seeds alone move AUC by 0.03-0.05);
