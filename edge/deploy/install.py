@@ -37,6 +37,8 @@ INCOMPLETE = ".incomplete"
 DATA_MODE = 0o700
 RELEASE_NAME = re.compile(r"^(?P<version>[0-9A-Za-z.+!]+)-(?P<stamp>\d{8}T\d{6}\.\d{3}Z)$")
 PAYLOAD = "payload.tar.gz"
+HISTORY = "history"  # in ROOT: the releases made current, oldest first (what rollback reads)
+HISTORY_KEEP = 50
 WHEEL_FILE = re.compile(r"^wheels/[A-Za-z0-9_.+!-]+\.whl$")  # no '/', so never outside
 HASH_CHUNK = 1 << 20
 FILE_MODE_MASK = 0o755  # no setuid/setgid/sticky, no group/other write from an archive
@@ -234,6 +236,21 @@ def switch_current(root: Path, name: str) -> None:
     os.replace(tmp, root / "current")
 
 
+def stage_history(root: Path, previous: str | None, name: str) -> Path:
+    """ROOT/history with `name` appended, written beside it (renamed over it once `current`
+    points at `name`), as a deploy over SSH keeps it: so a station installed from a stick
+    rolls back to what ran before, like any other. `previous`, the release `current`
+    pointed at, goes in first when the history lacks it."""
+    path = root / HISTORY
+    names = [n for n in path.read_text().split() if RELEASE_NAME.match(n)] \
+        if path.is_file() else []
+    if previous and names[-1:] != [previous]:
+        names.append(previous)
+    tmp = root / f".{HISTORY}.tmp"
+    tmp.write_text("".join(f"{n}\n" for n in [*names, name][-HISTORY_KEEP:]))
+    return tmp
+
+
 def install(bundle_dir: Path, root: Path, *, python: str | None = None,
             system_site_packages: bool = False) -> str:
     """Install the offline bundle in `bundle_dir` under `root`; return the release name."""
@@ -260,11 +277,14 @@ def install(bundle_dir: Path, root: Path, *, python: str | None = None,
         manifest = _verify_bundle(rel / "bundle")
         _install_release(rel, manifest, root, python, system_site_packages)
         (rel / INCOMPLETE).unlink()
+        history = stage_history(root, current.removeprefix("releases/") if current else None,
+                                name)
         switch_current(root, name)
     except (InstallError, UnsafeArchiveError, OSError) as exc:
         shutil.rmtree(rel, ignore_errors=True)
         stays = f"stays on {current}" if current else "has no release installed"
         raise InstallError(f"offline install failed at {exc}; the device {stays}") from None
+    os.replace(history, root / HISTORY)
     return name
 
 

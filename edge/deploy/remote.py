@@ -42,7 +42,14 @@ from edge.deploy.bundle import (
 )
 from edge.deploy.bundle import ROOT_PLACEHOLDER as _ROOT
 from edge.deploy.bundle import USER_PLACEHOLDER as _USER
-from edge.deploy.install import DATA_MODE, INCOMPLETE, RELEASE_NAME, release_name
+from edge.deploy.install import (
+    DATA_MODE,
+    HISTORY,
+    HISTORY_KEEP,
+    INCOMPLETE,
+    RELEASE_NAME,
+    release_name,
+)
 from edge.deploy.link import LINK_TIMEOUT_S
 from edge.errors import DeviceError, UsageError
 
@@ -57,8 +64,6 @@ DEFAULT_KEEP = 3
 DEFAULT_MIN_FREE_MB = 40.0  # venv + pip + installed project beyond the bundle itself
 MB = 1 << 20
 LOCK = ".deploy.lock"
-HISTORY = "history"  # in ROOT: the releases made current by deploys, oldest first
-HISTORY_KEEP = 50
 LOCK_OWNER = "owner"  # in LOCK: "token host pid device-session-pid epoch", one line
 STALE_LOCK_MIN = 60  # longer than any deploy's steps together
 NO_SPACE = ("No space left on device", "ENOSPC", "Errno 28", "Disk quota exceeded")

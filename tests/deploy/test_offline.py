@@ -205,6 +205,28 @@ def test_install_sh_installs_the_native_bundle_and_refuses_a_bad_stick(native, t
     assert res.returncode == 1 and "sha256 differs" in res.stderr
 
 
+def test_a_second_install_from_the_stick_rolls_back_to_the_first(native, tmp_path):
+    """install.sh keeps ROOT/history as a deploy does, so rollback (which reads it) goes
+    from the second stick install to the first, and pruning spares both."""
+    from edge.deploy.remote import previous_release
+
+    archive, _ = native
+    top = unpack(archive, tmp_path / "stick")
+    root = tmp_path / "bedside"
+    args = ["sh", str(top / "install.sh"), "--root", str(root), "--python", sys.executable]
+    installed = []
+    for _ in range(2):
+        res = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                             env=device_env())
+        assert res.returncode == 0, res.stderr
+        installed.append(os.readlink(root / "current").removeprefix("releases/"))
+    history = (root / install.HISTORY).read_text().split()
+    assert history == installed and installed[0] != installed[1]
+    names = sorted(p.name for p in (root / "releases").iterdir())
+    assert previous_release(history, names) == installed[0]
+    assert not list(root.glob(".*.tmp"))
+
+
 @pytest.mark.network
 def test_default_bundle_carries_raspberry_pi_os_wheels_listed_with_their_hashes(tmp_path,
                                                                                 pypi):
