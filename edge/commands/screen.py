@@ -207,10 +207,11 @@ class _Results:
         from edge.screening import describe
 
         result, pcm = item
-        record = log_record(self.args, self.screener, result.to_dict(), pcm)
+        row = result.to_dict()
+        record = log_record(self.args, self.screener, row, pcm)
         if self._first is None and self.args.report:
             self._first = (result, pcm, record)
-        line = json.dumps(result.to_dict()) if self.args.json else describe(result)
+        line = json.dumps(row) if self.args.json else describe(result)
         try:
             if not self.args.no_log:
                 self._open_log().add(record)
