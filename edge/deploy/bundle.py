@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -133,8 +134,13 @@ def device_requirements(project_dir: Path = PROJECT_DIR) -> list[str]:
 
 
 def build_wheel(out_dir: Path, project_dir: Path = PROJECT_DIR) -> Path:
-    """The project as one pure-Python wheel (pip wheel --no-deps): what the device installs."""
+    """The project as one pure-Python wheel (pip wheel --no-deps): what the device installs.
+
+    setuptools copies the sources into ``build/lib`` and packs everything found there, so
+    modules a checkout has since moved or deleted would ship too: that scratch folder is
+    emptied first."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(Path(project_dir) / "build" / "lib", ignore_errors=True)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
          "--quiet", "-w", str(out_dir), str(project_dir)],

@@ -205,6 +205,23 @@ def test_install_sh_installs_the_native_bundle_and_refuses_a_bad_stick(native, t
     assert res.returncode == 1 and "sha256 differs" in res.stderr
 
 
+def test_the_wheel_carries_no_module_left_over_in_build_lib(tmp_path):
+    """A module a checkout no longer has, left in setuptools' build/lib by an older
+    build, must not reach the device in the wheel."""
+    import zipfile
+
+    stale = REPO / "build" / "lib" / "edge" / "left_over_from_an_old_build.py"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("raise ImportError('stale')\n")
+    try:
+        wheel = build_wheel(tmp_path / "wheel")
+    finally:
+        stale.unlink(missing_ok=True)
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "edge/screening.py" in names
+    assert not [n for n in names if "left_over_from_an_old_build" in n]
+
+
 def test_a_second_install_from_the_stick_rolls_back_to_the_first(native, tmp_path):
     """install.sh keeps ROOT/history as a deploy does, so rollback (which reads it) goes
     from the second stick install to the first, and pruning spares both."""
