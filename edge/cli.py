@@ -79,6 +79,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "that dies ends the command with exit 7 and one line saying what the device runs "
         "now, read back from it (see --link-timeout for the bound).",
     ),
+    "image": (
+        "edge.commands.image",
+        "write a station image to an SD card (host)",
+        "Work with the SD-card image of a screening station: 'image flash' writes one to a "
+        "card safely and proves it by reading it back.",
+    ),
 }
 
 

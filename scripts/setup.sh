@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib  # Cortex-M4 builds
   qemu-system-arm              # emulated Cortex-M4 (mps2-an386)
+  fdisk dosfstools mtools e2fsprogs  # real card images on loop devices (image flash tests)
   openssh-server               # real SSH server on 127.0.0.1 for deployment tests
   portaudio19-dev libasound2-plugins  # PyAudio against an ALSA file capture device
   gcc make cmake               # host builds of the C front end and the TFLM app
