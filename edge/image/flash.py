@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -114,16 +114,21 @@ def looks_like_disk_image(sector: bytes) -> bool:
     return any(e[4] != 0 and int.from_bytes(e[12:16], "little") > 0 for e in entries)
 
 
-def flash(image_path: Path, device: str, *, yes: bool, allow_non_removable: bool,
-          ask: Callable[[str], str] = input) -> int:
+def flash(image_path: Path, device: str, *, yes: bool, allow_non_removable: bool) -> int:
     """Write ``image_path`` to ``device``, read it back and compare; 0 when they match."""
     disk = find_disk(device)
     image = inspect_image(image_path)
     refuse_unsafe(disk, image.length, allow_non_removable)
-    _confirm(disk, image, yes, ask)
-    started = time.monotonic()
+    # opened before asking: 'run with sudo' comes before the question, and nothing can
+    # mount the card between the answer and the write
+    fd = open_for_writing(disk)
     with _sigterm_stops():
-        written = _write(image, disk)
+        try:
+            _confirm(disk, image, yes)
+            started = time.monotonic()
+            written = _write(fd, image, disk)
+        finally:
+            os.close(fd)
         wrote = time.monotonic()
         read = read_back(disk, image.length)
     if read != written:
@@ -138,7 +143,7 @@ def flash(image_path: Path, device: str, *, yes: bool, allow_non_removable: bool
     return 0
 
 
-def _confirm(disk: Disk, image: Image, yes: bool, ask: Callable[[str], str]) -> None:
+def _confirm(disk: Disk, image: Image, yes: bool) -> None:
     """Say what will be overwritten; unless --yes, go on only on an explicit 'yes'."""
     labels = partition_labels(disk)
     print(f"{image.path.name} ({human(image.length)}) will overwrite {disk.path}: "
@@ -147,7 +152,7 @@ def _confirm(disk: Disk, image: Image, yes: bool, ask: Callable[[str], str]) -> 
     if yes:
         return
     try:
-        answer = ask(f"Everything on {disk.path} will be lost. Type 'yes' to write: ")
+        answer = input(f"Everything on {disk.path} will be lost. Type 'yes' to write: ")
     except EOFError:
         answer = ""
     if answer.strip().lower() != "yes":
@@ -155,11 +160,10 @@ def _confirm(disk: Disk, image: Image, yes: bool, ask: Callable[[str], str]) -> 
                          "pass --yes")
 
 
-def _write(image: Image, disk: Disk) -> str:
-    """Write the image to the card; its sha256. Any failure once writing began is
-    :class:`Incomplete`."""
+def _write(fd: int, image: Image, disk: Disk) -> str:
+    """Write the image to the card open as ``fd``; its sha256. Any failure once writing
+    began is :class:`Incomplete`."""
     digest, done = hashlib.sha256(), 0
-    fd = open_for_writing(disk)
     try:
         with open_image(image.path) as src, _progress(f"writing {disk.path}",
                                                       image.length) as bar:
@@ -173,8 +177,6 @@ def _write(image: Image, disk: Disk) -> str:
         os.fsync(fd)
     except BaseException as exc:
         raise _incomplete(exc, disk, done, image.length) from None
-    finally:
-        os.close(fd)
     if done != image.length or (image.sha256 and digest.hexdigest() != image.sha256):
         raise Incomplete(f"{image.path} changed while it was written; {disk.path} is "
                          "incomplete: flash it again", 1)

@@ -15,6 +15,7 @@ import lzma
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -102,9 +103,10 @@ def sparse(path: Path, size_mb: int) -> Path:
     return path
 
 
-def flash(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+def flash(*args: str, stdin: str = "", prefix: tuple[str, ...] = ()
+          ) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "edge.cli", "image", "flash", *args],
+    return subprocess.run([*prefix, sys.executable, "-m", "edge.cli", "image", "flash", *args],
                           capture_output=True, text=True, input=stdin, env=env, timeout=300)
 
 
@@ -257,6 +259,21 @@ def test_refuses_a_regular_file_or_a_missing_path(tmp_path):
         out = flash(str(image), "--device", str(device), "--yes", "--allow-non-removable")
         one_line_refusal(out, f"{device} {why}; give the SD card's whole-disk device")
     assert not file.read_bytes().strip(b"\0")
+
+
+def test_a_user_who_cannot_write_the_card_is_told_to_use_sudo(tmp_path, loop):
+    """Root without its capabilities (setpriv drops them all) and a node of the card it may
+    only read: the refusal an ordinary user meets on /dev/sdb, given before any question."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is missing")
+    backing = sparse(tmp_path / "card", 32)
+    node = tmp_path / "card-node"
+    os.mknod(node, 0o400 | stat.S_IFBLK, os.stat(loop(backing)).st_rdev)
+    out = flash(str(make_image(tmp_path)), "--device", str(node), "--allow-non-removable",
+                prefix=("setpriv", "--inh-caps=-all", "--bounding-set=-all"))
+    one_line_refusal(out, f"cannot open {node} for writing (permission denied); run with sudo")
+    assert "Type 'yes'" not in out.stdout
+    assert not backing.read_bytes().strip(b"\0")
 
 
 def test_a_write_error_says_the_card_is_incomplete(tmp_path, loop, release):
