@@ -341,3 +341,40 @@ def test_the_read_back_reads_the_card_not_the_cache(tmp_path, loop):
         assert read_back(find_disk(device), len(written)) == sha256(on_card)
     finally:
         os.close(holder)
+
+
+def test_progress_is_shown_on_a_terminal(tmp_path, loop):
+    """stderr on a pseudo-terminal, as when a person runs it: a bar for the write and one
+    for the read-back, each reaching 100%."""
+    pytest.importorskip("tqdm", reason="progress bars come from tqdm (the 'train' extra)")
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    device = loop(sparse(tmp_path / "card", 32))
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        out = subprocess.run([sys.executable, "-m", "edge.cli", "image", "flash",
+                              str(make_image(tmp_path)), "--device", device, "--yes",
+                              "--allow-non-removable"], stdout=subprocess.PIPE, stderr=slave,
+                             env=env, timeout=300)
+        os.close(slave)
+        shown = b""
+        while chunk := _read_pty(master):
+            shown += chunk
+    finally:
+        os.close(master)
+    assert out.returncode == 0
+    text = shown.decode(errors="replace")
+    for bar in (f"writing {device}: 100%", f"verifying {device}: 100%"):
+        assert bar in text, text
+
+
+def _read_pty(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the terminal's other side is closed and drained
+        return b""
