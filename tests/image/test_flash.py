@@ -237,6 +237,21 @@ def test_refuses_a_file_that_is_not_a_disk_image(tmp_path, loop):
         one_line_refusal(out, f"{given} is not a disk image (no MBR partition table")
 
 
+def test_refuses_a_missing_or_damaged_image_before_writing(tmp_path, loop):
+    """A truncated .xz decompresses well past its first sector: the damage is found by the
+    reading that precedes the write, so the card is untouched."""
+    backing = sparse(tmp_path / "card", 32)
+    device = loop(backing)
+    packed = lzma.compress(make_image(tmp_path).read_bytes(), preset=0)
+    damaged = tmp_path / "damaged.img.xz"
+    damaged.write_bytes(packed[:len(packed) // 2])
+    for given, why in ((tmp_path / "none.img", "No such file or directory"),
+                       (damaged, "download it again")):
+        out = flash(str(given), "--device", device, "--yes", "--allow-non-removable")
+        one_line_refusal(out, f"cannot read the image {given}", why)
+    assert not backing.read_bytes().strip(b"\0")
+
+
 def test_refuses_a_disk_that_is_not_removable_unless_told(tmp_path, loop):
     backing = sparse(tmp_path / "card", 32)
     device = loop(backing)
