@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.errors import ModelError
+from edge.quality import Quality
 
 PROFILE_FEATURES = "mean_c1_c12"
 """Name of the profile in the model's metadata: a reader refuses a name it does not know."""
@@ -132,6 +133,17 @@ def check(frames: np.ndarray, reference: Reference) -> Verdict:
     """The verdict for one recording's frame matrix."""
     d, nearest = distances(profile(frames)[None, :], reference)
     return Verdict(float(d[0]), nearest[0], reference.threshold)
+
+
+def gate(frames: np.ndarray, reference: Reference, quality: Quality) -> Quality:
+    """``quality`` (passed by edge.quality) with the distance among its figures, turned
+    into ``unsure`` with :data:`UNFAMILIAR`'s reason and :data:`HINT` beyond the threshold:
+    the one check that screening and the serial host (firmware_bridge) both run."""
+    verdict = check(frames, reference)
+    figures = quality.figures | verdict.figures()
+    if verdict.familiar:
+        return Quality(True, None, None, figures)
+    return Quality(False, verdict.reason(), HINT, figures)
 
 
 def build_reference(profiles_by_source: dict[str, np.ndarray], validation: np.ndarray,

@@ -127,14 +127,11 @@ class Screener:
         mean = decision.recording_probabilities(probs)
         p_abnormal = float(decision.abnormal_probability(mean, self.normal_idx))
         if self.meta.familiarity is not None:
-            verdict = familiarity.check(frames, self.meta.familiarity)
-            figures = quality.figures | verdict.figures()
-            if not verdict.familiar:
-                # The model's score stays in the figures as information; the decision is not its.
-                figures["model_probability_abnormal"] = round(p_abnormal, 6)
-                return self._unsure(Quality(False, verdict.reason(), familiarity.HINT, figures),
-                                    name)
-            quality = Quality(True, None, None, figures)
+            quality = familiarity.gate(frames, self.meta.familiarity, quality)
+            if not quality.ok:
+                # The model's score stays among the figures as information, not as the decision.
+                quality.figures["model_probability_abnormal"] = round(p_abnormal, 6)
+                return self._unsure(quality, name)
         hop = self.spec.window_hop_s
         return self._result(
             name, quality,

@@ -171,3 +171,27 @@ def test_report_names_the_unfamiliar_stethoscope(reference, unseen, tmp_path):
     lines = Image.open(out).info["Description"]
     assert lines.startswith(familiarity.ADVICE.upper())
     assert "Why: unfamiliar stethoscope: " in lines and familiarity.HINT in lines
+
+
+def test_serial_host_refuses_an_unfamiliar_stethoscope_before_streaming(reference, unseen,
+                                                                         tmp_path):
+    """firmware_bridge: with the model's reference the host answers as heartsound screen
+    (same decision, reason and distance) and sends nothing; the ordinary one is streamed."""
+    from edge.screening import Screener
+    from firmware_bridge.client import DeviceClient, screen_pcm
+    from firmware_bridge.emulator import Emulator
+
+    model = tmp_path / "gate.tflite"
+    model.write_bytes(_model_with(reference.to_dict()))
+    screener = Screener(model)
+    pcm = _pcm(unseen[3])
+    rate = DEFAULT_SPEC.sample_rate_hz
+    with Emulator(model) as emu, DeviceClient(emu.port, timeout=2.0) as client:
+        odd, odd_run = screen_pcm(client, _treble(pcm), "odd", familiarity=reference)
+        ordinary, run = screen_pcm(client, pcm, "ordinary", familiarity=reference)
+    local = screener.screen_pcm(_treble(pcm), rate, "odd")
+    assert odd_run is None and odd.decision == local.decision == "unsure"
+    assert odd.quality["reason"] == local.quality["reason"]
+    assert odd.quality["reason"].startswith("unfamiliar stethoscope")
+    assert run is not None and ordinary.decision == screener.screen_pcm(pcm, rate).decision
+    assert ordinary.quality == screener.screen_pcm(pcm, rate).quality
