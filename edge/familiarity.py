@@ -105,9 +105,9 @@ class Verdict:
                 self.nearest, "familiarity_threshold": round(self.threshold, 2)}
 
     def reason(self) -> str:
-        return (f"{UNFAMILIAR}: the recording's spectrum lies {self.distance:.1f} SD from "
+        return (f"{UNFAMILIAR}: the recording's spectrum lies {self.distance:.2f} SD from "
                 f"the nearest training database ({self.nearest}; the model trusts up to "
-                f"{self.threshold:.1f})")
+                f"{self.threshold:.2f})")
 
 
 def profile(frames: np.ndarray) -> np.ndarray:
