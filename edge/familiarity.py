@@ -14,7 +14,7 @@ recording is ``unsure``.
 
 Why these features (measured from the training feature cache, each leave-one-database-out
 fold's training sources as reference, threshold at the fold's validation 99th
-percentile; ``/work/scratch/gate/measure.py``, not kept): means of c1..c12 flag 0 % of
+percentile; a throwaway script over the cached frame matrices): means of c1..c12 flag 0 % of
 held-out PhysioNet a, b and d and 11 % of e; adding c0's mean changes nothing (12 % of e);
 adding the per-cepstrum SDs flags 5 % of b, 4 % of d and 5 % of e, but the SDs describe
 the heart sound itself (murmurs, rhythm): the b recordings they flag are 57 % abnormal
