@@ -62,7 +62,8 @@ def convert_run(run: RunFolder, version: str | None = None) -> bytes:
                               training=run.training_summary(),
                               version=version or default_version(run),
                               architecture=run.architecture,
-                              bias_correction=correction)
+                              bias_correction=correction,
+                              familiarity=run.model_info.get("familiarity"))
     model = add_metadata(model, document)
     read_model_meta(model, spec=run.spec, name="converted model")  # the device's own check
     return model

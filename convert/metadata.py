@@ -20,6 +20,7 @@ import struct
 from importlib import metadata as pkg_metadata
 
 from edge.errors import ModelError
+from edge.familiarity import Reference
 from edge.model_meta import FLOAT_PRECISION, METADATA_FORMAT, METADATA_NAME, read_model_meta
 from edge.spec import FeatureSpec
 from edge.tflite_file import (
@@ -45,11 +46,14 @@ _HEADER = 8  # root uoffset + file identifier
 def build_document(model: bytes, *, spec: FeatureSpec, class_names: list[str] | tuple[str, ...],
                    threshold: float, normal_class: str | None = "normal",
                    training: dict | None = None, version: str = "",
-                   architecture: str = "", bias_correction: dict | None = None) -> dict:
+                   architecture: str = "", bias_correction: dict | None = None,
+                   familiarity: dict | None = None) -> dict:
     """The JSON document for ``model``; quantisation is read from the model itself.
 
     ``bias_correction`` is the report of :mod:`convert.bias_correction`, kept so a model
-    says how its int8 logits were adjusted."""
+    says how its int8 logits were adjusted. ``familiarity`` is the run's reference
+    (:mod:`edge.familiarity`); without it (older runs) the key is left out and the device
+    screens without the unfamiliar-stethoscope gate."""
     parsed = parse_tflite(model, "converted model")
     inp, out = parsed.input_tensors[0], parsed.output_tensors[0]
     classes = [str(c) for c in class_names]
@@ -61,6 +65,8 @@ def build_document(model: bytes, *, spec: FeatureSpec, class_names: list[str] | 
         raise ModelError(f"decision threshold {threshold!r} must be a number in 0..1")
     if normal_class is not None and normal_class not in classes:
         raise ModelError(f"normal class {normal_class!r} is not one of the classes {classes}")
+    gate = {} if familiarity is None else {
+        "familiarity": Reference.from_dict(familiarity).to_dict()}
     return {
         "format": METADATA_FORMAT,
         "version": version,
@@ -74,7 +80,7 @@ def build_document(model: bytes, *, spec: FeatureSpec, class_names: list[str] | 
         "output": out.quant(),
         "training": training or {},
         "bias_correction": bias_correction or {"applied": False},
-    }
+    } | gate
 
 
 FLOAT_INPUTS = ("features", "int8_grid")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import ModelError, SpecError
+from edge.familiarity import Reference, from_document
 from edge.spec import FeatureSpec
 from edge.tflite_file import TensorInfo, TfliteModel, parse_tflite, read_tflite
 
@@ -52,6 +53,9 @@ class ModelMeta:
     architecture: str
     training: dict
     document: dict
+    familiarity: Reference | None = None
+    """Reference of the training stethoscopes (edge.familiarity); None in models converted
+    before it existed: their recordings are screened without that gate."""
 
     @property
     def n_classes(self) -> int:
@@ -100,9 +104,13 @@ def _meta_from(model: TfliteModel) -> ModelMeta:
                          f"outputs {out.shape[-1]} scores; convert the model again")
     _check_recorded_quant(model.name, "input", doc["input"], inp)
     _check_recorded_quant(model.name, "output", doc["output"], out)
+    try:
+        familiarity = from_document(doc)
+    except ModelError as exc:
+        raise ModelError(f"{model.name}: {exc}") from None
     return ModelMeta(model.name, spec, classes, float(doc["threshold"]), doc.get("normal_class"),
                      inp, out, str(doc.get("version", "")), str(doc.get("architecture", "")),
-                     dict(doc.get("training", {})), doc)
+                     dict(doc.get("training", {})), doc, familiarity)
 
 
 def _single_int8_io(model: TfliteModel) -> tuple[TensorInfo, TensorInfo]:

@@ -29,7 +29,7 @@ import numpy as np
 from edge import decision
 from edge.errors import DeviceError, UsageError
 from edge.mfcc import mfcc
-from edge.screening import ScreeningResult, advice
+from edge.screening import ScreeningResult, advice, is_unfamiliar
 from edge.screening_log import Screening
 from edge.spec import FeatureSpec
 
@@ -92,6 +92,9 @@ def headline(result: ScreeningResult) -> str:
 
 def reason(result: ScreeningResult) -> str:
     """Why that action: the score against the named threshold, or the gate's reason."""
+    if is_unfamiliar(result):
+        q = result.quality
+        return f"Why: {q['reason']}, so its score is not used. Next: {q['hint']}."
     if result.decision == decision.UNSURE:
         q = result.quality
         return (f"Why: the quality gate found {q['reason']} in this recording, so it was "

@@ -3,7 +3,10 @@
 This is the device's whole job, kept in one place so that the command line, the
 microphone path, batch screening and the serial-device emulator give the same answer
 for the same samples. A recording that fails the quality gate is ``unsure`` with a
-reason and a hint to retake: the model is not asked to guess on noise.
+reason and a hint to retake: the model is not asked to guess on noise. A model that
+carries a familiarity reference (edge.familiarity) also answers ``unsure``, with the
+reason "unfamiliar stethoscope", for a recording whose spectrum lies far from every
+training database: a confident answer there would be a guess.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import decision
+from edge import decision, familiarity
 from edge.errors import ModelError
 from edge.interpreter import Classifier
 from edge.mfcc import fill_window, mfcc, windows
@@ -107,17 +110,28 @@ class Screener:
         return self._result(name, quality, decision=decision.UNSURE,
                             probability_abnormal=None, windows=[])
 
+    def feature_frames(self, pcm: np.ndarray) -> np.ndarray:
+        """int16 (n_frames, n_ceps) of a recording that passed the gate (looped to one
+        window when shorter, as training does)."""
+        return mfcc(fill_window(pcm, self.spec), self.spec)
+
     def feature_windows(self, pcm: np.ndarray) -> np.ndarray:
         """int16 model inputs of a recording that passed the gate: the one path from audio
         to windows, shared with the benchmark so that it times what screening runs."""
-        return windows(mfcc(fill_window(pcm, self.spec), self.spec), self.spec)
+        return windows(self.feature_frames(pcm), self.spec)
 
     def _classify(self, pcm: np.ndarray, quality: Quality, name: str) -> ScreeningResult:
-        feats = self.feature_windows(pcm)
-        probs = self.classifier.predict(feats).probabilities
+        frames = self.feature_frames(pcm)
+        probs = self.classifier.predict(windows(frames, self.spec)).probabilities
         per_window = decision.abnormal_probability(probs, self.normal_idx)
         mean = decision.recording_probabilities(probs)
         p_abnormal = float(decision.abnormal_probability(mean, self.normal_idx))
+        if self.meta.familiarity is not None:
+            quality = familiarity.gate(frames, self.meta.familiarity, quality)
+            if not quality.ok:
+                # The model's score stays among the figures as information, not as the decision.
+                quality.figures["model_probability_abnormal"] = round(p_abnormal, 6)
+                return self._unsure(quality, name)
         hop = self.spec.window_hop_s
         return self._result(
             name, quality,
@@ -136,8 +150,17 @@ ADVICE = {decision.ABNORMAL: "refer for a closer look", decision.NORMAL: "no ref
 
 
 def advice(result: ScreeningResult) -> str:
-    """What the clinician does next: refer, no referral, or retake (see :data:`ADVICE`)."""
+    """What the clinician does next: refer, no referral, or retake (see :data:`ADVICE`);
+    after the familiarity gate, another stethoscope rather than another recording."""
+    if is_unfamiliar(result):
+        return familiarity.ADVICE
     return ADVICE[result.decision]
+
+
+def is_unfamiliar(result: ScreeningResult) -> bool:
+    """Unsure because the stethoscope is unlike every training one (edge.familiarity)."""
+    return (result.decision == decision.UNSURE
+            and str(result.quality.get("reason") or "").startswith(familiarity.UNFAMILIAR))
 
 
 def describe(result: ScreeningResult, where: str | None = None) -> str:

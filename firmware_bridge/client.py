@@ -471,7 +471,7 @@ def _why(exc: Exception) -> str:
 
 def screen_pcm(client: DeviceClient, pcm: np.ndarray, name: str, *, features: bool = False,
                force: bool = False, specs: tuple[FeatureSpec, ...] = (DEFAULT_SPEC,),
-               step: int | None = None):
+               step: int | None = None, familiarity=None):
     """(ScreeningResult, DeviceRun or None) for samples already at the device's rate.
 
     ``step``: quantisation step of the samples before they were resampled (see
@@ -481,8 +481,12 @@ def screen_pcm(client: DeviceClient, pcm: np.ndarray, name: str, *, features: bo
     it needs the whole recording, which a microcontroller cannot hold. A recording that
     fails it is ``unsure`` and is not streamed (the model is not asked to guess on noise);
     one shorter than a window is looped to fill it first, as ``heartsound screen`` does.
+    ``familiarity``: the device model's reference (edge.familiarity.Reference, from its
+    .tflite); the host then also refuses an unfamiliar stethoscope before streaming, from
+    the same fixed-point frames the device would compute.
     """
-    from edge.mfcc import fill_window
+    from edge.familiarity import gate
+    from edge.mfcc import fill_window, mfcc
     from edge.quality import assess
 
     start = time.perf_counter()
@@ -490,6 +494,8 @@ def screen_pcm(client: DeviceClient, pcm: np.ndarray, name: str, *, features: bo
     pcm = np.ascontiguousarray(pcm, dtype=np.int16)
     spec = gate_spec(info, specs)
     quality = assess(pcm, spec, step)
+    if quality.ok and familiarity is not None:
+        quality = gate(mfcc(fill_window(pcm, spec), spec), familiarity, quality)
     run = None
     if quality.ok:
         run = client.run(fill_window(pcm, spec), features=features, force=force)

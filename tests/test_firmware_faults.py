@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from edge.audio import read_wav
 from edge.errors import DeviceError
+from edge.model_meta import read_model_meta
 from edge.screening import PACKAGED_MODEL, Screener
 from firmware_bridge import protocol as p
 from firmware_bridge.client import DeviceClient, NoAnswerError, screen_pcm
@@ -47,6 +48,9 @@ loaded machine."""
 HANG_S = 20.0
 """A run still going after this long is hung: no bound the client promises comes near."""
 RECOVERY_TIMEOUT_S = 1.0
+GATE = read_model_meta(PACKAGED_MODEL).familiarity
+"""The shipped model's familiarity reference: the host checks it as `heartsound screen`
+does (firmware screen --model), so results compare equal."""
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -74,7 +78,8 @@ def clean(relay) -> Reference:
     pcm = read_wav(EXAMPLE, RATE)[: int(EXCERPT_S * RATE)]
     relay.faults = LineFaults()
     with DeviceClient(relay.port, timeout=2.0) as client:
-        result, run = screen_pcm(client, pcm, "excerpt", features=True)
+        result, run = screen_pcm(client, pcm, "excerpt", features=True,
+                                 familiarity=GATE)
     assert run is not None and run.done.windows == 2
     return Reference(pcm, run, result)
 
@@ -87,7 +92,8 @@ def screen_bounded(port: str, pcm: np.ndarray, retries: int):
     def work() -> None:
         try:
             with DeviceClient(port, timeout=FAULT_TIMEOUT_S, retries=retries) as c:
-                box["outcome"] = screen_pcm(c, pcm, "excerpt", features=True)
+                box["outcome"] = screen_pcm(c, pcm, "excerpt", features=True,
+                                            familiarity=GATE)
         except DeviceError as exc:
             box["outcome"] = exc
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread below
@@ -216,7 +222,7 @@ def test_a_session_a_cut_link_left_open_is_aborted_with_one_note(firmware, relay
     relay.faults = LineFaults()
     notes: list[str] = []
     with DeviceClient(relay.port, timeout=RECOVERY_TIMEOUT_S, notify=notes.append) as c:
-        outcome = screen_pcm(c, clean.pcm, "excerpt", features=True)
+        outcome = screen_pcm(c, clean.pcm, "excerpt", features=True, familiarity=GATE)
     assert_identical(outcome, clean)
     assert len(notes) == 1 and relay.port in notes[0] and "left open" in notes[0], notes
     assert_recovers(firmware, relay)

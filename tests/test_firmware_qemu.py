@@ -100,7 +100,8 @@ def check_bit_exact(fw, pcm, name, screener, tflm, timeout):
     reference = screener.screen_pcm(pcm, RATE, name)
     feats, scores = python_reference(pcm, screener, tflm)
     with DeviceClient(fw.port, timeout=timeout) as client:
-        result, run = screen_pcm(client, pcm, name, features=True)
+        result, run = screen_pcm(client, pcm, name, features=True,
+                                 familiarity=screener.meta.familiarity)
     assert run is not None and run.done.windows == len(feats) > 0
     np.testing.assert_array_equal(run.features, feats)  # C front end == Python, bit for bit
     np.testing.assert_array_equal(run.scores, scores)   # firmware TFLM == Python TFLM

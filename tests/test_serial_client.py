@@ -29,6 +29,7 @@ from edge.audio import read_wav
 from edge.cli import main
 from edge.errors import DeviceError
 from edge.mfcc import mfcc, windows
+from edge.model_meta import read_model_meta
 from edge.screening import PACKAGED_MODEL, Screener
 from firmware_bridge import protocol as p
 from firmware_bridge.client import (
@@ -54,6 +55,9 @@ RATE = 2000
 FAULT_TIMEOUT_S = 0.3
 EXCERPT_S = 4.5  # two analysis windows: enough to cross a RESULT, short enough for many runs
 REPO = Path(__file__).resolve().parent.parent
+GATE = read_model_meta(PACKAGED_MODEL).familiarity
+"""The shipped model's familiarity reference: given to the host, as `firmware screen
+--model` gives it, so its results compare equal to `heartsound screen`'s."""
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +99,8 @@ def test_device_screening_is_bit_identical_to_heartsound_screen(source, data_roo
     reference = screener.screen_pcm(pcm, RATE, str(path))
     feats = windows(mfcc(pcm, screener.spec), screener.spec)
     with DeviceClient(emulator.port, timeout=2.0) as client:
-        result, run = screen_pcm(client, pcm, str(path), features=True)
+        result, run = screen_pcm(client, pcm, str(path), features=True,
+                                 familiarity=GATE)
     assert comparable(result) == comparable(reference)
     assert np.array_equal(run.scores, screener.classifier.predict(feats).raw)
     assert np.array_equal(run.features, feats)  # the streaming front end, bit for bit
@@ -121,7 +126,8 @@ def test_a_recording_that_fails_the_gate_is_unsure_like_heartsound_screen(data_r
     pcm = read_wav(path, RATE)[: 3 * RATE // 2]  # 1.5 s: under the 2 s minimum
     reference = screener.screen_pcm(pcm, RATE, str(path))
     with DeviceClient(emulator.port) as client:
-        result, run = screen_pcm(client, pcm, str(path))
+        result, run = screen_pcm(client, pcm, str(path),
+                                 familiarity=GATE)
     assert reference.decision == "unsure" and run is None
     assert comparable(result) == comparable(reference)
 
@@ -132,7 +138,8 @@ def test_a_recording_shorter_than_a_window_is_looped_like_heartsound_screen(
     pcm = read_wav(path, RATE)[: 5 * RATE // 2]  # 2.5 s: looped to one 3 s window
     reference = screener.screen_pcm(pcm, RATE, str(path))
     with DeviceClient(emulator.port) as client:
-        result, run = screen_pcm(client, pcm, str(path))
+        result, run = screen_pcm(client, pcm, str(path),
+                                 familiarity=GATE)
     assert reference.decision != "unsure" and len(reference.windows) == 1
     assert run is not None and comparable(result) == comparable(reference)
 
@@ -342,7 +349,7 @@ def run_with_faults(emulator, pcm, faults, retries):
     start = time.monotonic()
     try:
         with DeviceClient(emulator.port, timeout=FAULT_TIMEOUT_S, retries=retries) as c:
-            result, run = screen_pcm(c, pcm, "excerpt")
+            result, run = screen_pcm(c, pcm, "excerpt", familiarity=GATE)
         outcome = (result, run)
     except DeviceError as exc:
         outcome = exc

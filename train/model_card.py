@@ -146,6 +146,47 @@ def _lodo_section(metrics: Mapping) -> str:
             + _table(rows))
 
 
+def _familiarity_section(metrics: Mapping) -> str:
+    fam = metrics.get("familiarity")
+    if not fam:
+        return "Not measured for this run (made before the gate existed): the gate is off."
+    ref = fam["reference"]
+    lines = [f"A recording whose mean cepstra c1..c12 lie more than **{ref['threshold']:.2f}** "
+             f"(RMS z-score) from every training database's (the "
+             f"{ref['percentile']:g}th percentile of the validation recordings) is `unsure`, "
+             "\"unfamiliar stethoscope\" (`edge/familiarity.py`). Reference: "
+             + ", ".join(f"{k} ({v['n']})" for k, v in ref["sources"].items()) + ".", ""]
+    lodo = {k: v["familiarity"] for k, v in (metrics.get("lodo") or {}).items()
+            if "familiarity" in v}
+    if lodo:
+        lines += ["Leave-one-database-out, each fold's own reference (its training databases) "
+                  "and threshold; MAcc on the rest leaves the flagged (unsure) recordings out:",
+                  "", _gate_table(lodo, "held out"), ""]
+    lines += ["This model's test split: " + ", ".join(
+        f"{k} {v['flagged']}/{v['n']}" for k, v in fam["test"].items()) + " flagged."]
+    return "\n".join(lines)
+
+
+def gate_line(gate: Mapping) -> str:
+    """One line of the training output: flagged, and MAcc on all and on the rest."""
+    rest = gate["rest"] or {}
+    return (f"{gate['flagged']}/{gate['n']} flagged (distance > {gate['threshold']:.2f}); "
+            f"MAcc all {_num(gate['all']['macc'])}, rest {_num(rest.get('macc'))} "
+            f"(Se {_num(rest.get('se'))}, Sp {_num(rest.get('sp'))})")
+
+
+def _gate_table(rows: Mapping[str, Mapping], what: str) -> str:
+    out = [f"| {what} | n | flagged (abnormal) | threshold | MAcc all | MAcc rest | Se rest "
+           "| Sp rest | nearest |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, g in rows.items():
+        rest = g["rest"] or {}
+        out.append(f"| {name} | {g['n']} | {g['flagged']} ({g['flagged_abnormal']}) | "
+                   f"{g['threshold']:.2f} | {_num(g['all']['macc'])} | "
+                   f"{_num(rest.get('macc'))} | {_num(rest.get('se'))} | "
+                   f"{_num(rest.get('sp'))} | {g['nearest']} |")
+    return "\n".join(out)
+
+
 def _class_section(metrics: Mapping) -> str:
     overall = metrics["test"]["recording"]["overall"]
     if "classes" not in overall:
@@ -232,6 +273,9 @@ leave-one-database-out figures below are the honest estimate for a new stethosco
 
 ## Leave-one-database-out (PhysioNet)
 {_lodo_section(metrics)}
+
+## Unfamiliar stethoscopes
+{_familiarity_section(metrics)}
 
 ## Against the targets
 {_targets_section(metrics)}

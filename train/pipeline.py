@@ -34,6 +34,7 @@ from edge.spec import FeatureSpec
 from train.datasets import LabelSet, Recording
 from train.evaluate import evaluate_groups
 from train.features import FeatureCache, spec_hash
+from train.model_card import gate_line
 from train.splits import DEFAULT_FRACTIONS, leave_one_database_out, split_groups, split_id
 from train.targets import training_targets
 from train.trainer import Outcome, TrainConfig, train_and_evaluate
@@ -190,6 +191,8 @@ def run_training(request: RunRequest, records: Sequence[Recording],
         f"{len(ls.select(splits['train']))} recordings; "
         f"val {len(ls.select(splits['val']))}, test {len(ls.select(splits['test']))}")
     outcome = train_and_evaluate(splits, ls, request.spec, cache, cfg, build, log)
+    for source, gate in outcome.familiarity["test"].items():
+        log(f"familiarity gate on test {source}: {gate['flagged']}/{gate['n']} flagged")
     lodo = {}
     if request.lodo:
         for held_out in lodo_sources(records, ls):
@@ -206,9 +209,13 @@ def _lodo_one(records, held_out: str, request: RunRequest, cache, build, log) ->
     usable = _in_label_set_datasets(records, ls)
     splits = leave_one_database_out(usable, held_out, seed=cfg.seed, label_set=ls)
     out = train_and_evaluate(splits, ls, request.spec, cache, cfg, build, log)
+    ref = out.familiarity["reference"]
+    gate = {"threshold": ref["threshold"], "percentile": ref["percentile"],
+            "reference_sources": sorted(ref["sources"]), **out.familiarity["test"][held_out]}
+    log(f"  familiarity gate on {held_out}: {gate_line(gate)}")
     return {"threshold": out.threshold, "test": {held_out: out.test[held_out]},
             "val": out.val, "best_epoch": out.best_epoch, "seconds": out.seconds,
-            "counts": out.counts}
+            "counts": out.counts, "familiarity": gate}
 
 
 def _by_dataset(outcome: Outcome, splits, ls: LabelSet) -> dict:
@@ -252,6 +259,7 @@ def _metrics(request: RunRequest, records, splits, outcome: Outcome, lodo: dict,
         "validation": {"recording": outcome.val},
         "test": {"recording": recording, "window": outcome.test_windows},
         "lodo": lodo,
+        "familiarity": outcome.familiarity,
         "history": outcome.history,
         "timing": {"total_seconds": seconds, "main_seconds": outcome.seconds,
                    "lodo_seconds": {k: v["seconds"] for k, v in lodo.items()}},
@@ -299,6 +307,7 @@ def write_run_folder(request: RunRequest, outcome: Outcome, splits, metrics: dic
         "spec_hash": metrics["spec_hash"],
         "representative": "representative.npy",
         "training": _training_summary(metrics),
+        "familiarity": metrics["familiarity"]["reference"],
     }
     _write_json(out / "model.json", model_json)
     np.save(out / "representative.npy", outcome.representative)

@@ -50,6 +50,7 @@ from train.evaluate import (
     roc_auc,
     screening_score,
 )
+from train.familiarity import flag_figures, reference_of
 from train.features import IDENTITY, FeatureCache, extract_all, recording_windows
 
 DEFAULT_EPOCHS = 20
@@ -136,6 +137,9 @@ class Outcome:
     seconds: float
     representative: np.ndarray
     counts: dict
+    familiarity: dict
+    """``reference`` (edge.familiarity, from train and val) and ``test``: what it flags
+    per test source and the model's figures on the rest (train.familiarity)."""
 
 
 # ------------------------------------------------------------------------ features
@@ -448,6 +452,9 @@ def train_and_evaluate(
     threshold = choose_threshold(parts["val"].y != normal, screening_score(val_probs, normal),
                                  config.min_se)
     test_probs, test_win, test_wprobs = recording_probs(model, parts["test"], spec, grid)
+    reference = reference_of(parts["train"].sources, parts["train"].feats, parts["val"].feats)
+    flags = flag_figures(reference, parts["test"].sources, parts["test"].feats,
+                         parts["test"].y, test_probs, threshold, normal)
     return Outcome(
         model=model,
         threshold=threshold,
@@ -466,6 +473,7 @@ def train_and_evaluate(
         representative=representative,
         counts={name: _counts(rec, classes) for name, rec in parts.items()}
         | {"train_augmented_recordings": len(train) - len(parts["train"])},
+        familiarity={"reference": reference.to_dict(), "test": flags},
     )
 
 

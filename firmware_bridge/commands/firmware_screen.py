@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("wav", type=Path, metavar="FILE.wav", help="recording to screen")
     add_link_arguments(parser)
     parser.add_argument("--model", type=Path,
-                        help="refuse unless the device runs this .tflite (compares SHA-256)")
+                        help="refuse unless the device runs this .tflite (compares SHA-256); "
+                             "its familiarity reference, if it has one, then also refuses an "
+                             "unfamiliar stethoscope on the host (without --model it cannot)")
     parser.add_argument("--features", action="store_true",
                         help="also fetch every window's int16 features (--json prints them)")
     parser.add_argument("--force", action="store_true",
@@ -35,13 +37,15 @@ def run(args: argparse.Namespace) -> int:
     from firmware_bridge.commands.firmware_identify import identity_dict
 
     specs = _local_specs(args.model)
+    reference = _reference(args.model)
     with open_client(args) as client:
         info = client.identify()
         if args.model is not None:
             _check_model(args, info)
         pcm, step = read_wav_for_screening(args.wav, info.sample_rate_hz)
         result, dev = screen_pcm(client, pcm, str(args.wav), features=args.features,
-                                 force=args.force, specs=specs, step=step)
+                                 force=args.force, specs=specs, step=step,
+                                 familiarity=reference)
     row = result.to_dict()
     row["device"] = _device_block(identity_dict(info), dev, args.features)
     if args.json:
@@ -63,6 +67,16 @@ def _local_specs(model: Path | None) -> tuple:
     from edge.model_meta import read_model_meta
 
     return (read_model_meta(model).spec, DEFAULT_SPEC)
+
+
+def _reference(model: Path | None):
+    """The model's familiarity reference (edge.familiarity), or None: no --model, or an
+    older model without one."""
+    if model is None:
+        return None
+    from edge.model_meta import read_model_meta
+
+    return read_model_meta(model).familiarity
 
 
 def _check_model(args: argparse.Namespace, info) -> None:

@@ -262,6 +262,21 @@ def _fmt(value) -> str:
     return "  n/a" if value is None else f"{value:.3f}"
 
 
+def _print_gate(metrics: dict) -> None:
+    """The familiarity gate: flagged per LODO database (MAcc on the rest) and per test
+    source of this model (see edge.familiarity)."""
+    from train.model_card import gate_line
+
+    fam = metrics.get("familiarity")
+    if not fam:
+        return
+    print(f"familiarity gate (unsure above {fam['reference']['threshold']:.2f} SD):")
+    for name, res in metrics["lodo"].items():
+        print(f"  LODO {name:<15} {gate_line(res['familiarity'])}")
+    print("  test: " + ", ".join(f"{k} {v['flagged']}/{v['n']}"
+                                 for k, v in fam["test"].items()) + " flagged")
+
+
 def _print_summary(metrics: dict, out: Path, seconds: float) -> None:
     print(f"\nrun folder: {out}   threshold {metrics['threshold']:.4f} "
           f"(validation, Se >= {metrics['config']['min_se']})")
@@ -275,6 +290,7 @@ def _print_summary(metrics: dict, out: Path, seconds: float) -> None:
         shown = interval_text(ci) if ci else "n/a"
         print(f"  {name:<20} {m['n']:>5} {m['n_abnormal']:>5} {_fmt(m['se'])} {_fmt(m['sp'])} "
               f"{_fmt(m['macc'])} {_fmt(m['auc'])} {_fmt(m['se_at_sp70'])}    {shown}")
+    _print_gate(metrics)
     t = metrics["targets"]
     print(f"targets: {describe_targets(t)} (95 % CI: patient-level bootstrap of the test "
           "split)")
