@@ -1,0 +1,12 @@
+"""The flashable Raspberry Pi image: a Debian bookworm arm64 SD card with the station inside.
+
+``build`` makes ``station.img`` on the host (mmdebstrap through qemu-user, partitions
+built without mounting) and installs the station in it with the offline bundle's own
+installer, so the card has the release layout ``heartsound deploy`` manages; ``firstboot``
+is copied into the image and run once on the device (standard library only); ``overlay/``
+holds the files laid over the Debian root (units, network, fstab, the toml example).
+
+May import: ``edge.deploy`` (the bundle it installs), the device runtime, the standard
+library. Nothing but ``edge.commands`` imports this package; ``firstboot`` imports nothing
+from heartsound at all (it runs on the bare device).
+"""
