@@ -79,6 +79,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "that dies ends the command with exit 7 and one line saying what the device runs "
         "now, read back from it (see --link-timeout for the bound).",
     ),
+    "image": (
+        "edge.commands.image",
+        "build a bootable Raspberry Pi SD-card image with the station inside (host, root)",
+        "Debian bookworm arm64 for Raspberry Pi 3/4/5 with heartsound installed in the "
+        "release layout `heartsound deploy` manages.",
+    ),
 }
 
 
