@@ -11,13 +11,14 @@ from pathlib import Path
 
 BUILD_HELP = (
     "Build a bootable 64-bit SD-card image for Raspberry Pi 3 and 4 (not yet 5: bookworm's "
-    "kernel lacks it) from Debian bookworm arm64 packages (mmdebstrap through qemu-user), with the screening station installed "
-    "inside at the ROOT `heartsound deploy` uses (~heartsound/heartsound), so later deploys "
-    "update and roll it back over SSH. SSH host keys are made and the root grows to the "
-    "card at first boot, which also reads heartsound.toml from the FAT partition (see "
-    "heartsound.toml.example there). Needs root, mmdebstrap and qemu-user-static "
-    "(scripts/setup.sh). Takes about 15-25 minutes on 2 cores with a warm package cache; "
-    "the first run also downloads about 300 MB of packages.")
+    "kernel lacks it) from Debian bookworm arm64 packages (mmdebstrap through qemu-user), "
+    "with the screening station installed inside at the ROOT `heartsound deploy` uses "
+    "(~heartsound/heartsound), so later deploys update and roll it back over SSH. SSH host "
+    "keys are made and the root grows to the card at first boot, which also reads "
+    "heartsound.toml from the FAT partition (see heartsound.toml.example there). Needs "
+    "root, mmdebstrap and qemu-user-static (scripts/setup.sh). Takes about 15 minutes on 2 "
+    "cores with a warm package cache (most of it making the initrd under emulation); the "
+    "first run also downloads about 130 MB of packages.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
