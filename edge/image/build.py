@@ -30,6 +30,8 @@ import sys
 import tarfile
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +120,21 @@ def check_host(options: BuildOptions) -> None:
     if not options.out.name.endswith(".img"):
         raise UsageError(f"{options.out}: the image is a raw disk image; give a name ending "
                          "in .img")
+
+
+@contextmanager
+def source_date_epoch() -> Iterator[None]:
+    """SOURCE_DATE_EPOCH set for what runs inside: `pip wheel` then stamps the heartsound
+    wheel's files with it, so the same sources give the same wheel (and sha256)."""
+    before = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = str(SOURCE_DATE_EPOCH)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SOURCE_DATE_EPOCH"]
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = before
 
 
 def make_bundle(work: Path, model: Path | None) -> tuple[Path, dict]:
@@ -318,7 +335,8 @@ def build(options: BuildOptions) -> BuildResult:
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH),
                E2FSPROGS_FAKE_TIME=str(SOURCE_DATE_EPOCH))
     try:
-        stage, bundle = make_bundle(work, options.model)
+        with source_date_epoch():
+            stage, bundle = make_bundle(work, options.model)
         rootdir = work / "root"
         print(f"image: mmdebstrap {SUITE} {ARCH} into {rootdir} (cache {cache}) ...",
               file=sys.stderr)

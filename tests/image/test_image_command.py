@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -64,3 +65,18 @@ def test_not_root_is_refused(tmp_path):
 def test_image_without_subcommand_is_a_usage_error():
     proc = heartsound("image")
     assert proc.returncode == 2 and "build" in proc.stderr
+
+
+def test_the_image_builds_the_same_heartsound_wheel_twice(tmp_path):
+    """The manifest's heartsound wheel hash is the same for the same sources (pip wheel
+    stamps the zip with SOURCE_DATE_EPOCH, else with the time of the build)."""
+    from edge.deploy.bundle import build_wheel, sha256_file
+    from edge.image.build import source_date_epoch
+
+    hashes = []
+    for n in (1, 2):
+        (tmp_path / str(n)).mkdir()
+        with source_date_epoch():
+            hashes.append(sha256_file(build_wheel(tmp_path / str(n))))
+        time.sleep(1.1)  # zip times have 2 s resolution: cross a boundary at least once
+    assert hashes[0] == hashes[1]
