@@ -2,10 +2,11 @@
 
 ``-M virt`` (cortex-a72) with the image's own kernel and initrd, the image as a virtio
 disk: ``-M raspi3b`` boots the same card too (tried by hand: first boot done ~55 s after
-power-on against ~28 s here) but gives no network device to SSH through. The card copy is made 1 GiB larger
-than the image, so first boot's growth is seen; heartsound.toml with a test SSH key goes on
-the FAT partition first (mtools, no mount). Serial console on stdio, read by a thread.
-Then SSH in as ``heartsound`` and screen the bundled recording: the bits equal the host's.
+power-on against ~28 s here) but gives no network device to SSH through. The card copy
+is made 1 GiB larger than the image, so first boot's growth is seen; heartsound.toml with
+a test SSH key goes on the FAT partition first (mtools, no mount). Serial console on
+stdio, read by a thread. Then SSH in as ``heartsound`` and screen the bundled recording:
+the bits equal the host's.
 """
 
 from __future__ import annotations
