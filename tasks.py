@@ -227,3 +227,15 @@ def rollback(c: Context, host: str, key: str = "", known_hosts: str = "",
              root: str = "") -> None:
     """Switch the device's `current` back to the release before it."""
     c.run("heartsound deploy --rollback" + _remote_args(host, key, known_hosts, root))
+
+
+@task(help={"out": "raw disk image to write (manifest beside it)",
+            "cache": "keeps the .deb files between runs (default ~/.cache/heartsound/image)",
+            "model": "int8 .tflite the station screens with (default: the packaged model)",
+            "compress": "also write a compressed copy: xz or zst"})
+def image(c: Context, out: str = "station.img", cache: str = "", model: str = "",
+          compress: str = "") -> None:
+    """Build the bootable Raspberry Pi SD-card image with the station inside (as root)."""
+    opts = "".join(f" --{name} {shlex.quote(value)}" for name, value in
+                   (("cache", cache), ("model", model), ("compress", compress)) if value)
+    c.run(f"heartsound image build --out {shlex.quote(out)}{opts}")

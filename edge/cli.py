@@ -81,9 +81,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "image": (
         "edge.commands.image",
-        "write a station image to an SD card (host)",
-        "Work with the SD-card image of a screening station: 'image flash' writes one to a "
-        "card safely and proves it by reading it back.",
+        "build a Raspberry Pi SD-card image with the station inside, or write one to a card "
+        "(host, root)",
+        "Debian bookworm arm64 for Raspberry Pi 3 and 4 with heartsound installed in the release "
+        "layout `heartsound deploy` manages ('image build'); 'image flash' writes an image to "
+        "a card safely and proves it by reading it back.",
     ),
 }
 

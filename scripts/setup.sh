@@ -8,12 +8,15 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib  # Cortex-M4 builds
-  qemu-system-arm              # emulated Cortex-M4 (mps2-an386)
+  qemu-system-arm              # emulated Cortex-M4 (mps2-an386); qemu-system-aarch64 boots the image
   fdisk dosfstools mtools e2fsprogs  # real card images on loop devices (image flash tests)
   openssh-server               # real SSH server on 127.0.0.1 for deployment tests
   portaudio19-dev libasound2-plugins  # PyAudio against an ALSA file capture device
   gcc make cmake               # host builds of the C front end and the TFLM app
   iproute2 util-linux          # network namespaces for the Ray cluster tests
+  mmdebstrap qemu-user-static binfmt-support  # heartsound image build: arm64 Debian root
+  dosfstools mtools e2fsprogs fdisk zstd      # its partitions, built without mounting
+  cloud-guest-utils            # growpart: the first-boot tests grow a loop-device disk
 )
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -26,6 +29,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get update -q
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# `heartsound image build` runs arm64 programs (dpkg scripts, pip, the smoke screening) in
+# the image's root through qemu-user: the kernel must know the interpreter (binfmt_misc).
+BINFMT=/proc/sys/fs/binfmt_misc
+if [ ! -e "$BINFMT/register" ]; then
+  echo "setup: mounting binfmt_misc"
+  sudo_if_needed mount -t binfmt_misc binfmt_misc "$BINFMT"
+fi
+if [ ! -e "$BINFMT/qemu-aarch64" ]; then
+  echo "setup: registering qemu-aarch64 with binfmt_misc"
+  sudo_if_needed update-binfmts --enable qemu-aarch64
 fi
 
 PYTHON=${PYTHON:-python3}

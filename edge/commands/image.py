@@ -10,14 +10,57 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+BUILD_HELP = (
+    "Build a bootable 64-bit SD-card image for Raspberry Pi 3 and 4 (not yet 5: bookworm's "
+    "kernel lacks it) from Debian bookworm arm64 packages (mmdebstrap through qemu-user), "
+    "with the screening station installed inside at the ROOT `heartsound deploy` uses "
+    "(~heartsound/heartsound), so later deploys update and roll it back over SSH. SSH host "
+    "keys are made and the root grows to the card at first boot, which also reads "
+    "heartsound.toml from the FAT partition (see heartsound.toml.example there). Needs "
+    "root, mmdebstrap and qemu-user-static (scripts/setup.sh). Takes about 15 minutes on 2 "
+    "cores with a warm package cache (most of it making the initrd under emulation); the "
+    "first run also downloads about 130 MB of packages.")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Subcommands of `heartsound image`."""
     sub = parser.add_subparsers(dest="image_command", metavar="SUBCOMMAND", required=True)
+    _add_build(sub)
     _add_flash(sub)
 
 
 def run(args: argparse.Namespace) -> int:
     return args._image_run(args)
+
+
+def _add_build(sub) -> None:
+    from edge.image.build import DEFAULT_CACHE
+
+    p = sub.add_parser("build", help="build station.img (Debian + the station, as root)",
+                       description=BUILD_HELP)
+    p.add_argument("--out", type=Path, required=True, metavar="station.img",
+                   help="the raw disk image to write; the manifest goes beside it "
+                   "(station.img.manifest.json)")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR",
+                   help="keeps the downloaded .deb files between runs (default %(default)s)")
+    p.add_argument("--model", type=Path, metavar="M",
+                   help="the int8 model the station screens with (default: the shipped one)")
+    p.add_argument("--compress", choices=("xz", "zst"),
+                   help="also write station.img.xz or station.img.zst")
+    p.set_defaults(_image_run=_run_build)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from edge.image.build import BuildOptions, build
+
+    result = build(BuildOptions(args.out, args.cache, args.model, args.compress))
+    mib = result.image.stat().st_size / 2**20
+    line = f"wrote {result.image} ({mib:.0f} MiB"
+    if result.compressed:
+        line += f"; {result.compressed.name} {result.compressed.stat().st_size / 2**20:.0f} MiB"
+    print(f"{line}) in {result.seconds / 60:.1f} min, {result.packages} Debian packages; "
+          f"manifest {result.manifest}")
+    return 0
 
 
 def _add_flash(sub) -> None:

@@ -1,0 +1,82 @@
+"""`heartsound image build` refuses early, in one line, what cannot work (real processes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def heartsound(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def test_help_says_what_the_image_is_and_how_long_it_takes():
+    out = heartsound("image", "build", "--help").stdout
+    assert "Raspberry Pi 3 and 4" in out and "minutes" in out and "heartsound.toml" in out
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes first")
+def test_without_mmdebstrap_it_says_run_setup(tmp_path):
+    bin_dir = tmp_path / "bin"  # a PATH with everything but mmdebstrap
+    bin_dir.mkdir()
+    for tool in ("mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk"):
+        (bin_dir / tool).symlink_to(subprocess.run(["which", tool], capture_output=True,
+                                                   text=True).stdout.strip())
+    env = dict(os.environ, PATH=str(bin_dir))
+    line = one_line_error(heartsound("image", "build", "--out", str(tmp_path / "s.img"),
+                                     env=env))
+    assert "no mmdebstrap" in line and "scripts/setup.sh" in line
+    assert not (tmp_path / "s.img").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes first")
+def test_an_output_name_that_is_no_image_is_refused(tmp_path):
+    line = one_line_error(heartsound("image", "build", "--out", str(tmp_path / "s.tar.gz")))
+    assert "ending in .img" in line
+
+
+def test_not_root_is_refused(tmp_path):
+    """As a user without root (setpriv to nobody) the build stops before any download."""
+    if os.geteuid() != 0:
+        proc = heartsound("image", "build", "--out", str(tmp_path / "s.img"))
+    else:
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               sys.executable, "-c", "import sys; from edge.cli import main; "
+                               "sys.exit(main())", "image", "build", "--out", "/tmp/x.img"],
+                              capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, HOME="/tmp"))
+        if "Permission denied" in proc.stderr:
+            pytest.skip("this Python is not readable by nobody")
+    assert "run as root" in one_line_error(proc)
+
+
+def test_image_without_subcommand_is_a_usage_error():
+    proc = heartsound("image")
+    assert proc.returncode == 2 and "build" in proc.stderr
+
+
+def test_the_image_builds_the_same_heartsound_wheel_twice(tmp_path):
+    """The manifest's heartsound wheel hash is the same for the same sources (pip wheel
+    stamps the zip with SOURCE_DATE_EPOCH, else with the time of the build)."""
+    from edge.deploy.bundle import build_wheel, sha256_file
+    from edge.image.build import source_date_epoch
+
+    hashes = []
+    for n in (1, 2):
+        (tmp_path / str(n)).mkdir()
+        with source_date_epoch():
+            hashes.append(sha256_file(build_wheel(tmp_path / str(n))))
+        time.sleep(1.1)  # zip times have 2 s resolution: cross a boundary at least once
+    assert hashes[0] == hashes[1]
