@@ -24,7 +24,7 @@ BUILD_HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Subcommands of `heartsound image`."""
-    sub = parser.add_subparsers(dest="image_command", metavar="SUBCOMMAND", required=True)
+    sub = parser.add_subparsers(dest="image_command", required=True)
     _add_build(sub)
     _add_flash(sub)
 
