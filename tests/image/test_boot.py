@@ -158,3 +158,38 @@ def test_first_boot_then_ssh_then_the_same_bits_as_the_host(booted):
     assert d["windows"] == h["windows"] and d["decision"] == h["decision"]
     print(f"\nemulated boot: first boot done {firstboot_s:.0f} s, SSH login {ssh_s:.0f} s, "
           f"first screening {screen_s:.1f} s")
+
+
+def device_current(booted: dict) -> str:
+    proc = ssh(booted, f"readlink {ROOT.removeprefix('home/heartsound/')}/current")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().removeprefix("releases/")
+
+
+def test_deploy_to_the_flashed_station_then_roll_back(booted, tmp_path):
+    """The flashed station is a device like any other: `heartsound deploy` installs a new
+    release over SSH (offline: the dependency wheels for its platform travel in the
+    bundle) and `--rollback` returns to the release the image was built with."""
+    wait_for_ssh(booted)
+    flashed = device_current(booted)
+    known = tmp_path / "known_hosts"
+    scan = subprocess.run(["ssh-keyscan", "-p", str(booted["port"]), "-t", "ed25519",
+                           "127.0.0.1"], capture_output=True, text=True, timeout=60)
+    known.write_text(scan.stdout)
+    assert scan.stdout.strip(), scan.stderr
+    common = ["--host", f"heartsound@127.0.0.1:{booted['port']}", "--key", str(booted["key"]),
+              "--known-hosts", str(known)]
+
+    def deploy(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "edge.cli", "deploy", *common, *args],
+                              cwd=REPO, capture_output=True, text=True, timeout=1800)
+
+    res = deploy("--offline", "--download-deps", "--link-timeout", "120")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    new = device_current(booted)
+    assert new != flashed
+    listed = deploy("--list")
+    assert listed.returncode == 0 and new in listed.stdout and flashed in listed.stdout
+    back = deploy("--rollback", "--link-timeout", "120")
+    assert back.returncode == 0, back.stdout[-2000:] + back.stderr[-2000:]
+    assert device_current(booted) == flashed

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def heartsound(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -48,15 +53,26 @@ def test_an_output_name_that_is_no_image_is_refused(tmp_path):
 
 
 def test_not_root_is_refused(tmp_path):
-    """As a user without root (setpriv to nobody) the build stops before any download."""
+    """As a user without root (setpriv to nobody) the build stops before any download.
+
+    nobody imports heartsound from a world-readable copy of `edge`: the checkout may lie
+    in a folder only root can enter (a CI clone in a mode-700 temporary folder)."""
     if os.geteuid() != 0:
         proc = heartsound("image", "build", "--out", str(tmp_path / "s.img"))
     else:
-        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                               sys.executable, "-c", "import sys; from edge.cli import main; "
-                               "sys.exit(main())", "image", "build", "--out", "/tmp/x.img"],
-                              capture_output=True, text=True, timeout=120,
-                              env=dict(os.environ, HOME="/tmp"))
+        readable = Path(tempfile.mkdtemp(prefix="heartsound-nobody-"))
+        try:
+            readable.chmod(0o755)
+            shutil.copytree(REPO / "edge", readable / "edge",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            proc = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                 sys.executable, "-c", "import sys; from edge.cli import main; sys.exit(main())",
+                 "image", "build", "--out", "/tmp/x.img"],
+                capture_output=True, text=True, timeout=120, cwd="/",
+                env=dict(os.environ, HOME="/tmp", PYTHONPATH=str(readable)))
+        finally:
+            shutil.rmtree(readable, ignore_errors=True)
         if "Permission denied" in proc.stderr:
             pytest.skip("this Python is not readable by nobody")
     assert "run as root" in one_line_error(proc)
