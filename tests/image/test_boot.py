@@ -6,7 +6,7 @@ power-on against ~28 s here) but gives no network device to SSH through. The car
 is made 1 GiB larger than the image, so first boot's growth is seen; heartsound.toml with
 a test SSH key goes on the FAT partition first (mtools, no mount). Serial console on
 stdio, read by a thread. Then SSH in as ``heartsound`` and screen the bundled recording:
-the bits equal the host's.
+the bits equal the host's; and deploy a new release to it over SSH, then roll back.
 """
 
 from __future__ import annotations
