@@ -21,7 +21,6 @@ listed in the README (the release's name carries the install time).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -357,7 +356,3 @@ def build(options: BuildOptions) -> BuildResult:
     packed = compress(out, options.compress) if options.compress else None
     return BuildResult(out, beside, packed, time.monotonic() - start,
                        len(manifest["debian_packages"]))
-
-
-def manifest_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

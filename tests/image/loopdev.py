@@ -16,6 +16,12 @@ from pathlib import Path
 WAIT_S = 10
 
 
+def add_partitions(dev: str) -> None:
+    """``partx --add`` when the kernel's scan registered no partition of ``dev``."""
+    if not Path(f"/sys/class/block/{Path(dev).name}p1").exists():
+        subprocess.run(["partx", "--add", dev], check=True, capture_output=True)
+
+
 @contextmanager
 def attached(image: Path, parts: int, read_only: bool = False) -> Iterator[str]:
     """Yield /dev/loopN for `image` once /dev/loopNp1../dev/loopNp<parts> exist."""
@@ -24,8 +30,7 @@ def attached(image: Path, parts: int, read_only: bool = False) -> Iterator[str]:
                          check=True, capture_output=True, text=True).stdout.strip()
     try:
         nodes = [Path(f"{dev}p{n}") for n in range(1, parts + 1)]
-        if not all(Path(f"/sys/class/block/{n.name}").exists() for n in nodes):
-            subprocess.run(["partx", "--add", dev], check=False, capture_output=True)
+        add_partitions(dev)
         deadline = time.monotonic() + WAIT_S
         while not all(n.exists() for n in nodes) and time.monotonic() < deadline:
             time.sleep(0.1)

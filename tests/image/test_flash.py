@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.image.loopdev import add_partitions
+
 REPO = Path(__file__).resolve().parents[2]
 MB = 1 << 20
 TOOLS = ("losetup", "partx", "sfdisk", "mkfs.vfat", "mcopy", "mkfs.ext4")
@@ -66,11 +68,8 @@ def loop(release):
     def attach(backing: Path, *flags: str) -> str:
         device = run(["losetup", "-f", "--show", *flags, str(backing)]).strip()
         release(["losetup", "-d", device])
-        sysfs = Path("/sys/block") / Path(device).name
-        if "-P" in flags and not any(sysfs.glob("*p1")):
-            # a kernel built without the MBR parser (this Firecracker VM) scans nothing:
-            # partx reads the table and adds the partitions (devtmpfs makes their nodes)
-            run(["partx", "-a", device])
+        if "-P" in flags:
+            add_partitions(device)  # a kernel without the MBR parser scans nothing
         return device
     return attach
 
