@@ -14,7 +14,7 @@ APT_PACKAGES=(
   portaudio19-dev libasound2-plugins  # PyAudio against an ALSA file capture device
   gcc make cmake               # host builds of the C front end and the TFLM app
   iproute2 util-linux          # network namespaces for the Ray cluster tests
-  mmdebstrap qemu-user-static binfmt-support  # heartsound image build: arm64 Debian root
+  mmdebstrap arch-test qemu-user-static binfmt-support  # heartsound image build: arm64 root
   dosfstools mtools e2fsprogs fdisk zstd      # its partitions, built without mounting
   cloud-guest-utils            # growpart: the first-boot tests grow a loop-device disk
 )

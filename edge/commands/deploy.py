@@ -38,9 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_ssh_arguments(parser, single_host=True)
     parser.add_argument("--remote-python", default="python3", metavar="PYTHON",
                         help="Python 3.11+ on the device (default %(default)s)")
-    parser.add_argument("--system-site-packages", action="store_true",
-                        help="let the device's venv see system packages: on Raspberry Pi OS "
-                        "numpy comes from apt (python3-numpy) and is reused, not downloaded")
+    parser.add_argument("--system-site-packages", action=argparse.BooleanOptionalAction,
+                        help="let the device's venv also see system packages: numpy from apt "
+                        "on Raspberry Pi OS, PyAudio on a flashed station; default: as the "
+                        "release the device runs now (a flashed station: yes), else no")
     parser.add_argument("--offline", action="store_true", help="the device has no network: "
                         "pip installs only from the bundle's wheels (and system packages)")
     parser.add_argument("--download-deps", action="store_true",

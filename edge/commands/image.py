@@ -11,10 +11,12 @@ import argparse
 from pathlib import Path
 
 BUILD_HELP = (
-    "Build a bootable 64-bit SD-card image for Raspberry Pi 3 and 4 (not yet 5: bookworm's "
-    "kernel lacks it) from Debian bookworm arm64 packages (mmdebstrap through qemu-user), "
-    "with the screening station installed inside at the ROOT `heartsound deploy` uses "
-    "(~heartsound/heartsound), so later deploys update and roll it back over SSH. SSH host "
+    "Build a bootable 64-bit SD-card image for Raspberry Pi 3, 4 and 5 from Debian 13 "
+    "(trixie) arm64 packages (mmdebstrap through qemu-user; the kernel from trixie-backports, "
+    "Debian's first with the Pi 5's device tree and RP1 drivers), with the screening "
+    "station installed inside at the ROOT `heartsound deploy` uses (~heartsound/heartsound), "
+    "so later deploys update and roll it back over SSH, and its always-on microphone "
+    "service started whenever a sound card with a capture device is there. SSH host "
     "keys are made and the root grows to the card at first boot, which also reads "
     "heartsound.toml from the FAT partition (see heartsound.toml.example there). Needs "
     "root, mmdebstrap and qemu-user-static (scripts/setup.sh). Takes about 15 minutes on 2 "

@@ -72,11 +72,14 @@ HEARTSOUND_MODEL={ROOT_PLACEHOLDER}/current/bundle/{MODEL_DIR}/{{model}}
 
 # Each run records from the default microphone, screens and logs, then exits; systemd
 # starts the next one. A crash or a missing microphone therefore costs one cycle, not
-# the service, and RestartSec keeps a broken device from spinning.
+# the service, and RestartSec keeps a broken device from spinning. Without any capture
+# device (/dev/snd/pcmC*D*c) it does not start at all: a station whose microphone is
+# unplugged stays quiet instead of failing every 5 s.
 UNIT_TEXT = f"""\
 [Unit]
 Description=heartsound always-on heart-sound screening (microphone -> log)
 After=sound.target
+ConditionPathExistsGlob=/dev/snd/pcmC*D*c
 
 [Service]
 Type=simple

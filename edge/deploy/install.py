@@ -192,6 +192,28 @@ def _verify_bundle(bundle: Path) -> dict:
     return json.loads((bundle / "manifest.json").read_text())
 
 
+def sees_system_site(pyvenv_cfg: str) -> bool:
+    """Whether a venv's pyvenv.cfg lets it see the system's packages.
+
+    Why deploys ask: a station made with them (the flashed image takes PyAudio from
+    Debian's python3-pyaudio) must keep them in every later release, or its microphone
+    service stops at the next deploy.
+    """
+    for line in pyvenv_cfg.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "include-system-site-packages":
+            return value.strip().lower() == "true"
+    return False
+
+
+def current_sees_system_site(root: Path) -> bool:
+    """`sees_system_site` of ROOT/current's venv (False when there is none)."""
+    try:
+        return sees_system_site((root / "current" / "pyvenv.cfg").read_text())
+    except OSError:
+        return False
+
+
 def _install_release(rel: Path, manifest: dict, root: Path, python: str,
                      system_site: bool) -> None:
     bundle = rel / "bundle"
@@ -252,8 +274,11 @@ def stage_history(root: Path, previous: str | None, name: str) -> Path:
 
 
 def install(bundle_dir: Path, root: Path, *, python: str | None = None,
-            system_site_packages: bool = False) -> str:
-    """Install the offline bundle in `bundle_dir` under `root`; return the release name."""
+            system_site_packages: bool | None = None) -> str:
+    """Install the offline bundle in `bundle_dir` under `root`; return the release name.
+
+    `system_site_packages` None: as the current release's venv (see `sees_system_site`).
+    """
     python = python or sys.executable
     payload = bundle_dir / PAYLOAD
     expected = (bundle_dir / (PAYLOAD + ".sha256")).read_text().split()[0]
@@ -265,6 +290,8 @@ def install(bundle_dir: Path, root: Path, *, python: str | None = None,
     (root / "data").mkdir(exist_ok=True)
     os.chmod(root / "data", DATA_MODE)  # the screening log holds patient data
     current = os.readlink(root / "current") if (root / "current").is_symlink() else None
+    if system_site_packages is None:
+        system_site_packages = current_sees_system_site(root)
     version = json.loads((bundle_dir / "version.json").read_text())["version"]
     name = release_name(version)
     rel = root / "releases" / name
@@ -295,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("~/heartsound"),
                         help="install folder (default %(default)s)")
     parser.add_argument("--python", help="Python 3.11+ for the venv (default: this one)")
-    parser.add_argument("--system-site-packages", action="store_true",
-                        help="let the venv use system packages (numpy from apt on Raspberry "
-                        "Pi OS) instead of the bundle's wheels")
+    parser.add_argument("--system-site-packages", action=argparse.BooleanOptionalAction,
+                        help="let the venv also see system packages (PyAudio or numpy from "
+                        "apt); default: as the release installed now, else no")
     args = parser.parse_args(argv)
     if sys.version_info < MIN_PYTHON:
         print(f"install.sh: Python {sys.version.split()[0]} is too old, heartsound needs "

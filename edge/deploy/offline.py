@@ -42,7 +42,7 @@ FILE_MODE = 0o644
 INSTALL_SH = """\
 #!/bin/sh
 # heartsound offline install. Usage:
-#   sh install.sh [--root DIR] [--python PYTHON] [--system-site-packages]
+#   sh install.sh [--root DIR] [--python PYTHON] [--[no-]system-site-packages]
 # Installs into DIR/releases/<version>-<time> and switches DIR/current to it only after a
 # smoke screening passed; the previous release stays current on any failure.
 set -eu
@@ -69,7 +69,7 @@ exec "$python" "$here/install.py" --bundle-dir "$here" "$@"
 README = """\
 heartsound {version}, offline install (no network needed)
 
-  sh install.sh [--root DIR] [--python PYTHON] [--system-site-packages]
+  sh install.sh [--root DIR] [--python PYTHON] [--[no-]system-site-packages]
 
 DIR defaults to ~/heartsound. Screen with DIR/current/bin/heartsound screen FILE.wav.
 The screening log (patient data) is kept in DIR/data, readable by its owner only.

@@ -29,7 +29,7 @@ import shlex
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from edge.deploy.bundle import CONFIG_TEMPLATE as _CONFIG_TEMPLATE
@@ -49,6 +49,7 @@ from edge.deploy.install import (
     INCOMPLETE,
     RELEASE_NAME,
     release_name,
+    sees_system_site,
 )
 from edge.deploy.link import LINK_TIMEOUT_S
 from edge.errors import DeviceError, UsageError
@@ -104,9 +105,10 @@ class DeployOptions:
     key: Path | None = None
     known_hosts: Path | None = None
     python: str = DEFAULT_PYTHON
-    # Raspberry Pi OS ships numpy as an apt package (python3-numpy): a venv that sees the
-    # system's site-packages reuses it instead of downloading or compiling its own.
-    system_site_packages: bool = False
+    # Raspberry Pi OS ships numpy as an apt package (python3-numpy), the flashed image
+    # PyAudio (python3-pyaudio): a venv that sees the system's site-packages uses them.
+    # None: as the release the deploy replaces (its pyvenv.cfg), else no.
+    system_site_packages: bool | None = None
     offline: bool = False  # pip --no-index: only the bundle's wheels (and system packages)
     keep: int = DEFAULT_KEEP
     min_free_mb: float = DEFAULT_MIN_FREE_MB
@@ -430,6 +432,12 @@ class Device:
     def read_text(self, path: str) -> str:
         return self.run("reading " + path, _sh("cat", "--", path)).stdout
 
+    def current_sees_system_site(self, root: str) -> bool:
+        """Whether the current release's venv sees the system's packages (False if none)."""
+        res = self.run("reading the current venv", _sh("cat", "--", f"{root}/current/"
+                                                       "pyvenv.cfg"), check=False)
+        return res.exited == 0 and sees_system_site(res.stdout)
+
 
 def _failure_text(result) -> str:
     lines = [ln.strip() for ln in (result.stderr + "\n" + result.stdout).splitlines()
@@ -459,6 +467,7 @@ def deploy(bundle: Bundle, target: Target, options: DeployOptions = DeployOption
             dev.python_version(options.python)
             root = dev.prepare_root(options.root)
             token = dev.lock(root, note)
+            options = _venv_as_current(dev, root, options, note)
         except StepFailed as exc:
             raise DeviceError(f"deploy to {target} stopped at {exc}; nothing was changed on "
                               "the device") from None
@@ -482,6 +491,18 @@ def deploy(bundle: Bundle, target: Target, options: DeployOptions = DeployOption
         return name
     finally:
         dev.close()
+
+
+def _venv_as_current(dev: Device, root: str, options: DeployOptions,
+                     note: Note | None) -> DeployOptions:
+    """Options whose venv mode is set: when not given, the current release's."""
+    if options.system_site_packages is not None:
+        return options
+    keep = dev.current_sees_system_site(root)
+    if keep and note:
+        note("the new venv sees the system's packages, as the current release's does "
+             "(--no-system-site-packages to stop that)")
+    return replace(options, system_site_packages=keep)
 
 
 def _check_space(dev: Device, root: str, bundle: Bundle, options: DeployOptions) -> None:

@@ -185,6 +185,16 @@ def missing_wheel_error(requirement: str, target: WheelTarget,
                          "--python-version)")
 
 
+def _foreign_python(target: WheelTarget) -> list[str]:
+    """`pip install` checks Requires-Python against the Python running pip, even with
+    --python-version (seen with pip 23.2: numpy 2.4 "requires a different Python: 3.11.7
+    not in '>=3.12'" for a 3.13 target). For another Python that check is skipped: `pip
+    download` chose the wheels for the target's Python, and the tags still bind them."""
+    if target.python_version in (None, f"{sys.version_info[0]}.{sys.version_info[1]}"):
+        return []
+    return ["--ignore-requires-python"]
+
+
 def resolve_wheels(wheels: Path, requirement: str, target: WheelTarget) -> dict[str, dict]:
     """What ``pip install --no-index --find-links WHEELS REQUIREMENT`` installs on `target`.
 
@@ -197,8 +207,8 @@ def resolve_wheels(wheels: Path, requirement: str, target: WheelTarget) -> dict[
         report = Path(tmp) / "report.json"
         cmd = _pip("install", "--dry-run", "--quiet", "--ignore-installed", "--no-index",
                    "--only-binary=:all:", "--find-links", str(wheels), *target.pip_args(),
-                   "--target", str(Path(tmp) / "never-written"), "--report", str(report),
-                   requirement)
+                   *_foreign_python(target), "--target", str(Path(tmp) / "never-written"),
+                   "--report", str(report), requirement)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_isolated_env())
         if proc.returncode != 0:
             raise _download_error(proc.stderr + proc.stdout, [requirement], target, wheels)

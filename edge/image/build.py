@@ -1,10 +1,11 @@
-"""Build ``station.img``: Debian bookworm arm64 for Raspberry Pi 3/4/5 with the station inside.
+"""Build ``station.img``: Debian trixie arm64 for Raspberry Pi 3/4/5 with the station inside.
 
 Host side, as root, on any architecture (arm64 programs run through qemu-user and
 binfmt_misc; ``scripts/setup.sh`` installs and registers what is needed):
 
 1. the offline bundle (``heartsound deploy --offline-bundle``'s archive: heartsound, the
-   dependency wheels for aarch64 / CPython 3.11, the model, a smoke recording);
+   dependency wheels for the image's Python, aarch64 / CPython 3.13, the model, a smoke
+   recording);
 2. ``mmdebstrap`` makes the root folder from Debian packages, with the ``.deb`` files kept
    in a cache between runs, lays ``overlay/`` over it and runs ``customize.sh`` inside it:
    the bundle's own ``install.py`` installs the station at the ROOT a deploy uses;
@@ -37,21 +38,33 @@ from pathlib import Path
 from edge.deploy.bundle import build_bundle, device_requirements
 from edge.deploy.install import sha256_file
 from edge.deploy.offline import build_offline_bundle, top_folder
-from edge.deploy.wheels import download_dependency_wheels, raspberry_pi_os
+from edge.deploy.wheels import WheelTarget, download_dependency_wheels, manylinux_platforms
 from edge.errors import DeviceError, UsageError
 
 HERE = Path(__file__).resolve().parent
-SUITE = "bookworm"
+# Debian 13 (trixie), not 12 (bookworm): the Raspberry Pi 5 needs a kernel with its device
+# tree and its RP1 chip's drivers (USB, Ethernet), which Debian has only in trixie-backports
+# (bookworm's 6.1 and bookworm-backports' 6.12 have neither). Those kernels need trixie's
+# linux-base and run-parts, and run-parts needs trixie's glibc: there is no bookworm image
+# with a Pi 5 kernel made of Debian packages alone. The kernel alone comes from backports.
+SUITE = "trixie"
 ARCH = "arm64"
 MIRROR = f"deb http://deb.debian.org/debian {SUITE} main non-free-firmware"
+KERNEL_SUITE = f"{SUITE}-backports"
+KERNEL_MIRROR = f"deb http://deb.debian.org/debian {KERNEL_SUITE} main"
+KERNEL_PIN = f"Package: linux-*\nPin: release n={KERNEL_SUITE}\nPin-Priority: 990\n"
+KERNEL_PIN_IN_IMAGE = "etc/apt/preferences.d/heartsound-kernel"
+IMAGE_PYTHON, IMAGE_GLIBC = "3.13", "2.41"  # trixie's: what the bundle's wheels are for
 VARIANT = "apt"
 PACKAGES = (
     "systemd", "systemd-sysv", "udev", "kmod", "initramfs-tools", "linux-image-arm64",
+    "dbus",                                # systemctl, hostnamectl, ... for the heartsound login
     "raspi-firmware",                      # boot firmware, config.txt and cmdline.txt
     "firmware-brcm80211", "wpasupplicant",  # the Pi's Wi-Fi, when heartsound.toml asks
     "openssh-server", "sudo", "iproute2",
-    "python3", "python3-venv",             # the station's venv (CPython 3.11)
+    "python3", "python3-venv",             # the station's venv (CPython 3.13)
     "alsa-utils",                          # the microphone (arecord -l to check it)
+    "python3-pyaudio",                     # ... and PyAudio for it: PyPI has no aarch64 wheel
     "e2fsprogs", "cloud-guest-utils",      # growpart + resize2fs at first boot
     "tzdata", "fake-hwclock",              # heartsound.toml's time zone; no RTC on a Pi
 )
@@ -136,10 +149,15 @@ def source_date_epoch() -> Iterator[None]:
             os.environ["SOURCE_DATE_EPOCH"] = before
 
 
+def image_target() -> WheelTarget:
+    """The wheels the image's own Python takes: aarch64, trixie's glibc and CPython."""
+    return WheelTarget(tuple(manylinux_platforms("aarch64", IMAGE_GLIBC)), IMAGE_PYTHON)
+
+
 def make_bundle(work: Path, model: Path | None) -> tuple[Path, dict]:
     """The offline bundle for the Pi (as `heartsound deploy --offline-bundle` makes it),
     extracted in work/stage; returns its folder and the bundle's manifest."""
-    target = raspberry_pi_os()
+    target = image_target()
     print(f"image: downloading the wheels for {target.describe()} ...", file=sys.stderr)
     deps = download_dependency_wheels(work / "deps", device_requirements(), target)
     bundle = build_bundle(work / "bundle", model=model, dependency_wheels=deps, target=target)
@@ -157,7 +175,9 @@ def mmdebstrap_command(rootdir: Path, cache: Path, stage: Path) -> list[str]:
     cmd = ["mmdebstrap", f"--variant={VARIANT}", f"--architectures={ARCH}",
            "--skip=essential/unlink", f"--include={','.join(PACKAGES)}",
            *(f"--dpkgopt={o}" for o in DPKG_OPTS),
-           '--setup-hook=mkdir -p "$1"/var/cache/apt/archives "$1"/boot/firmware',
+           '--setup-hook=mkdir -p "$1"/var/cache/apt/archives "$1"/boot/firmware '
+           '"$1"/etc/apt/preferences.d',
+           f"--setup-hook=printf '{KERNEL_PIN}' > \"$1\"/{KERNEL_PIN_IN_IMAGE}",
            # one initrd (the kernel's own postinst), not one more per trigger: under
            # qemu-user each takes many minutes; customize.sh turns updates back on
            f"--setup-hook=mkdir -p \"$1\"/etc/initramfs-tools && echo {NO_INITRD_UPDATES} "
@@ -172,19 +192,20 @@ def mmdebstrap_command(rootdir: Path, cache: Path, stage: Path) -> list[str]:
            f"--customize-hook=sync-in {stage.parent} {STAGE_IN_IMAGE}",
            f"--chrooted-customize-hook=sh {STAGE_IN_IMAGE}/customize.sh {bundle_in_image}",
            f'--customize-hook=rm -rf "$1"{STAGE_IN_IMAGE}',
-           SUITE, str(rootdir), MIRROR]
+           SUITE, str(rootdir), MIRROR, KERNEL_MIRROR]
     return cmd
 
 
-def run_step(what: str, cmd: list[str], *, show: bool = False,
+def run_step(what: str, cmd: list[str], *, log: Path | None = None,
              **kw) -> subprocess.CompletedProcess:
     """Run one build step; its failure becomes one line (the tool's last output lines).
 
-    With `show`, the tool's progress lines (mmdebstrap's "I: ...") go to stderr as they
-    come: the long steps are not silent.
+    With a `log`, the tool's whole output goes there and its progress lines
+    (mmdebstrap's "I: ...") to stderr as they come: the long steps are not silent, and a
+    failing maintainer script's own words are kept (the error line names the log).
     """
-    if show:
-        proc = _run_showing(cmd, **kw)
+    if log:
+        proc = _run_logged(cmd, log, **kw)
     else:
         proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if proc.returncode != 0:
@@ -193,22 +214,29 @@ def run_step(what: str, cmd: list[str], *, show: bool = False,
         if "No space left on device" in output:
             raise DeviceError(f"image build: {what}: the disk is full; free a few GB (the "
                               "build needs about 4 GB beside --out) and run it again")
-        errors = [ln for ln in lines if ln.startswith("E: ")]  # mmdebstrap's first error
+        errors = [ln for ln in lines if ln.startswith(("dpkg: error", "E: "))]
         last = " | ".join(errors[:1] + lines[-2:] if errors else lines[-3:]) \
             or f"exit {proc.returncode}"
-        raise DeviceError(f"image build: {what} failed: {last}")
+        where = f"; the whole output is in {log}" if log else ""
+        raise DeviceError(f"image build: {what} failed: {last}{where}")
     return proc
 
 
-def _run_showing(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+def _run_logged(cmd: list[str], log: Path, **kw) -> subprocess.CompletedProcess:
+    """The output's tail, after its first error line (a maintainer script's "dpkg: error",
+    which mmdebstrap's own last lines only summarise)."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          **kw) as proc:
+    first_error: list[str] = []
+    with open(log, "w") as out, subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw) as proc:
         for line in proc.stdout:
+            out.write(line)
             tail.append(line)
+            if not first_error and line.startswith(("dpkg: error", "E: ")):
+                first_error.append(line)
             if line.startswith(("I: ", "E: ", "W: ")):
                 print(f"  {line.rstrip()}", file=sys.stderr, flush=True)
-    return subprocess.CompletedProcess(cmd, proc.returncode, "", "".join(tail))
+    return subprocess.CompletedProcess(cmd, proc.returncode, "", "".join(first_error + list(tail)))
 
 
 def installed_packages(rootdir: Path) -> dict[str, dict]:
@@ -241,7 +269,8 @@ def make_manifest(rootdir: Path, cache: Path, bundle: dict, release: str) -> dic
         "format": 1,
         "heartsound": bundle["version"],
         "release": release,
-        "inputs": {"suite": SUITE, "architecture": ARCH, "mirror": MIRROR, "variant": VARIANT,
+        "inputs": {"suite": SUITE, "architecture": ARCH, "mirror": MIRROR,
+                   "kernel_mirror": KERNEL_MIRROR, "variant": VARIANT,
                    "include": list(PACKAGES), "dpkg_options": list(DPKG_OPTS),
                    "source_date_epoch": SOURCE_DATE_EPOCH,
                    "mmdebstrap": _tool_version(["mmdebstrap", "--version"]),
@@ -339,8 +368,8 @@ def build(options: BuildOptions) -> BuildResult:
         rootdir = work / "root"
         print(f"image: mmdebstrap {SUITE} {ARCH} into {rootdir} (cache {cache}) ...",
               file=sys.stderr)
-        run_step("mmdebstrap", mmdebstrap_command(rootdir, cache, stage), show=True,
-                 env=env)
+        run_step("mmdebstrap", mmdebstrap_command(rootdir, cache, stage), env=env,
+                 log=out.with_name(out.name + ".build.log"))
         split_boot(rootdir, work / "boot")
         manifest = make_manifest(rootdir, cache, bundle, current_release(rootdir))
         text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"

@@ -17,13 +17,18 @@ printf '%s ALL=(ALL) NOPASSWD:ALL\n' "$user" > /etc/sudoers.d/heartsound
 chmod 0440 /etc/sudoers.d/heartsound
 
 # The station: exactly what an offline install on a running Pi does (smoke screening
-# included), as the login user, so the release layout is the one deploys update.
+# included), as the login user, so the release layout is the one deploys update. Its venv
+# sees the system's packages for PyAudio alone (python3-pyaudio: PyPI has no aarch64
+# wheel); numpy and the interpreter are the bundle's, installed inside the venv, which
+# comes first. Later deploys keep the venv that way (they read current/pyvenv.cfg).
 echo "I: heartsound: installing the station under $root (smoke screening included)"
 runuser -u "$user" -- env HOME="$home" USER="$user" LOGNAME="$user" \
-  python3 "$bundle/install.py" --bundle-dir "$bundle" --root "$root"
-# The always-on microphone service is linked, not enabled: the bundle carries no PyAudio for
-# aarch64 (no wheel on PyPI), so it would fail every 5 s until a microphone stack is there.
+  python3 "$bundle/install.py" --bundle-dir "$bundle" --root "$root" --system-site-packages
+# The always-on microphone service, enabled: its unit starts only when a capture device is
+# there (ConditionPathExistsGlob), and the udev rule in overlay/ starts it when one is
+# plugged in later. Linked through `current`, so a deploy or a rollback changes what it runs.
 ln -s "$root/current/etc/heartsound-screen.service" /etc/systemd/system/heartsound-screen.service
+systemctl enable heartsound-screen.service
 
 # Boot: the FAT partition's cmdline.txt and config.txt, made by raspi-firmware's hook.
 echo "I: heartsound: boot partition files (raspi-firmware)"
@@ -33,6 +38,7 @@ for kernel in /lib/modules/*; do  # the hook acts only when told it is a configu
   version=$(basename "$kernel")
   DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware "$version" \
     "/boot/vmlinuz-$version"
+  /etc/kernel/postinst.d/z51-heartsound-pi5-d0 "$version" "/boot/vmlinuz-$version"
 done
 
 # The build kept initramfs-tools' triggers from making the initrd again and again; the

@@ -34,7 +34,9 @@ LOG = "var/log/heartsound-firstboot.log"
 DONE = "var/lib/heartsound/firstboot.done"
 UNIT = "heartsound-firstboot.service"
 WANTS = "etc/systemd/system/multi-user.target.wants"
-SERVICE_DROPIN = "etc/systemd/system/heartsound-screen.service.d/device.conf"
+# Read by the service at each start (the image's drop-in names it), so the id written here
+# applies without a daemon-reload: the service's unit was loaded before first boot ran.
+DEVICE_ENV = "etc/heartsound/device.env"
 WPA_CONF = "etc/wpa_supplicant/wpa_supplicant-wlan0.conf"
 WPA_UNIT = "wpa_supplicant@wlan0.service"
 HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -177,14 +179,14 @@ def set_keys(root: Path, config: dict) -> str | None:
 
 
 def set_device_id(root: Path, config: dict) -> str | None:
-    """HEARTSOUND_DEVICE_ID for the service (a drop-in, outside the releases, so that a
+    """HEARTSOUND_DEVICE_ID for the service (DEVICE_ENV, outside the releases, so that a
     deploy keeps it) and for SSH sessions (/etc/environment)."""
     device = _string(config, "device_id", DEVICE_ID, "a device id (A-Z, a-z, 0-9, '._-')")
     if device is None:
         return None
-    dropin = root / SERVICE_DROPIN
-    dropin.parent.mkdir(parents=True, exist_ok=True)
-    dropin.write_text(f"[Service]\nEnvironment=HEARTSOUND_DEVICE_ID={device}\n")
+    service_env = root / DEVICE_ENV
+    service_env.parent.mkdir(parents=True, exist_ok=True)
+    service_env.write_text(f"HEARTSOUND_DEVICE_ID={device}\n")
     env = root / "etc/environment"
     lines = [ln for ln in (env.read_text().splitlines() if env.is_file() else [])
              if not ln.startswith("HEARTSOUND_DEVICE_ID=")]

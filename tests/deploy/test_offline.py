@@ -224,7 +224,9 @@ def test_the_wheel_carries_no_module_left_over_in_build_lib(tmp_path):
 
 def test_a_second_install_from_the_stick_rolls_back_to_the_first(native, tmp_path):
     """install.sh keeps ROOT/history as a deploy does, so rollback (which reads it) goes
-    from the second stick install to the first, and pruning spares both."""
+    from the second stick install to the first, and pruning spares both. The second,
+    given no --[no-]system-site-packages, makes its venv as the first's (a flashed station
+    takes PyAudio from the system)."""
     from edge.deploy.remote import previous_release
 
     archive, _ = native
@@ -232,11 +234,12 @@ def test_a_second_install_from_the_stick_rolls_back_to_the_first(native, tmp_pat
     root = tmp_path / "bedside"
     args = ["sh", str(top / "install.sh"), "--root", str(root), "--python", sys.executable]
     installed = []
-    for _ in range(2):
-        res = subprocess.run(args, capture_output=True, text=True, timeout=600,
+    for extra in (["--system-site-packages"], []):
+        res = subprocess.run(args + extra, capture_output=True, text=True, timeout=600,
                              env=device_env())
         assert res.returncode == 0, res.stderr
         installed.append(os.readlink(root / "current").removeprefix("releases/"))
+        assert install.current_sees_system_site(root)
     history = (root / install.HISTORY).read_text().split()
     assert history == installed and installed[0] != installed[1]
     names = sorted(p.name for p in (root / "releases").iterdir())
@@ -274,6 +277,19 @@ def test_default_bundle_carries_raspberry_pi_os_wheels_listed_with_their_hashes(
     readme = (top / "README.txt").read_text()
     assert "CPython 3.11 on manylinux_2_36_aarch64 and older" in readme
     assert f"pip install --no-index --find-links {top_name}/wheels 'heartsound[edge]'" in readme
+
+
+@pytest.mark.network
+def test_a_bundle_for_a_newer_python_than_the_hosts(tmp_path, pypi):
+    """The SD-card image's target (Debian trixie: CPython 3.13, glibc 2.41) from this
+    3.11 host: numpy 2.4 needs Python 3.12+, which pip's install check measured against
+    the host's Python until resolve_wheels skipped it for another Python."""
+    out = tmp_path / "hs-trixie.tar.gz"
+    res = build(out, "--platform", "aarch64:2.41", "--python-version", "3.13")
+    assert res.returncode == 0, res.stderr
+    deps = payload_manifest(unpack(out, tmp_path / "stick"))["dependencies"]
+    for name in ("numpy", "ai-edge-litert"):
+        assert "-cp313-cp313-manylinux" in deps[name]["wheel"], deps[name]["wheel"]
 
 
 @pytest.mark.network
@@ -348,3 +364,18 @@ def test_installer_names_pips_error_line_not_its_last_line():
         install._run("installing dependencies", [sys.executable, "-c", script])
     assert str(err.value) == ("installing dependencies: ERROR: No matching distribution "
                               "found for numpy>=1.26")
+
+
+def test_the_venv_mode_is_read_from_real_venvs(tmp_path):
+    """`current_sees_system_site` against what `python -m venv` writes, both ways, and a
+    root with no release."""
+    root = tmp_path / "root"
+    assert not install.current_sees_system_site(root)
+    for flag, want in (([], False), (["--system-site-packages"], True)):
+        venv = tmp_path / f"venv{len(flag)}"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", *flag, str(venv)],
+                       check=True)
+        root.mkdir(exist_ok=True)
+        (root / "current").unlink(missing_ok=True)
+        (root / "current").symlink_to(venv)
+        assert install.current_sees_system_site(root) is want

@@ -36,6 +36,7 @@ from edge.deploy.bundle import (
     load_bundle,
     sha256_file,
 )
+from edge.deploy.install import sees_system_site
 from edge.deploy.link import DEAD_LINK_BOUND_FACTOR
 from edge.deploy.offline import UnsafeArchiveError, safe_extract
 from edge.errors import DataError, DeviceError, UsageError
@@ -172,6 +173,20 @@ def test_full_deploy_installs_a_working_release(sshd, device, bundle):
     unit = (rel / "etc" / "heartsound-screen.service").read_text()
     assert f"ExecStart={root}/current/bin/heartsound screen --mic" in unit
     assert "UMask=0077" in unit and "@" not in unit.replace("multi-user", "")
+
+
+def test_a_deploy_keeps_the_current_releases_view_of_system_packages(sshd, bundle, tmp_path):
+    """A flashed station's venv sees Debian's python3-pyaudio: a deploy that does not say
+    otherwise keeps that (and says so), or the microphone service would stop at the next
+    update."""
+    root, target = tmp_path / "heartsound", remote.Target.parse(sshd.address)
+    remote.deploy(bundle, target, options(sshd, root, system_site_packages=True))
+    notes: list[str] = []
+    name = remote.deploy(bundle, target, options(sshd, root, system_site_packages=None),
+                         note=notes.append)
+    assert os.readlink(root / "current") == f"releases/{name}"
+    assert sees_system_site((root / "releases" / name / "pyvenv.cfg").read_text())
+    assert any("as the current release's does" in n for n in notes), notes
 
 
 def test_cli_deploy_bench_and_rollback_with_invoke(sshd, device, bundle):

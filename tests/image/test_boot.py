@@ -11,6 +11,8 @@ the bits equal the host's; and deploy a new release to it over SSH, then roll ba
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import socket
@@ -33,6 +35,8 @@ WAV = "edge/recordings/physionet_a0336_abnormal.wav"
 BOOT_OFFSET = build.BOOT_START_MIB * build.MIB
 BOOT_TIMEOUT_S = 1200  # TCG on 2 shared cores: "comes up at all"
 GROW_BYTES = 1 << 30
+STATION = ROOT.removeprefix("home/heartsound/")  # ROOT as the heartsound login sees it
+MIC_TIMEOUT_S = 600
 
 
 def free_port() -> int:
@@ -141,14 +145,15 @@ def test_first_boot_then_ssh_then_the_same_bits_as_the_host(booted):
     assert ssh(booted, "hostname").stdout.strip() == "bed-emu"
     size = int(ssh(booted, "df -B1 --output=size / | tail -1").stdout)
     assert size > Path(booted["tmp"] / "card.img").stat().st_size - GROW_BYTES // 2
-    state = ssh(booted, "sudo systemctl is-enabled heartsound-firstboot.service; "
-                        "sudo systemctl is-enabled heartsound-screen.service; true")
-    assert state.stdout.split()[:1] == ["disabled"], state.stdout + state.stderr
-    assert "enabled" not in state.stdout.split()[1:], state.stdout + state.stderr
+    state = ssh(booted, "systemctl is-enabled heartsound-firstboot.service "
+                        "heartsound-screen.service; systemctl show --value -p ConditionResult "
+                        "heartsound-screen.service; systemctl is-active heartsound-screen")
+    # the microphone service is enabled but waits: this machine has no capture device
+    assert state.stdout.split() == ["disabled", "enabled", "no", "inactive"], \
+        state.stdout + state.stderr
     t0 = time.monotonic()
-    wav = f"{ROOT.removeprefix('home/heartsound/')}/current/bundle/smoke/{Path(WAV).name}"
-    device = ssh(booted, f"{ROOT.removeprefix('home/heartsound/')}/current/bin/heartsound "
-                         f"screen --json --no-log {wav}")
+    wav = f"{STATION}/current/bundle/smoke/{Path(WAV).name}"
+    device = ssh(booted, f"{STATION}/current/bin/heartsound screen --json --no-log {wav}")
     screen_s = time.monotonic() - t0
     assert device.returncode == 0, device.stderr
     host = subprocess.run([sys.executable, "-m", "edge.cli", "screen", "--json", "--no-log",
@@ -160,8 +165,46 @@ def test_first_boot_then_ssh_then_the_same_bits_as_the_host(booted):
           f"first screening {screen_s:.1f} s")
 
 
+def microphone_rows(booted: dict) -> list[dict]:
+    """The station's screening log (its own `heartsound history`), microphone rows only."""
+    proc = ssh(booted, f"{STATION}/current/bin/heartsound history --csv -")
+    if "does not exist: no screening was stored yet" in proc.stderr:
+        return []
+    assert proc.returncode == 0, proc.stderr
+    return [row for row in csv.DictReader(io.StringIO(proc.stdout)) if not row["file"]]
+
+
+def test_a_sound_card_starts_the_microphone_service_which_screens_and_logs(booted):
+    """The always-on service of a flashed station, with a real ALSA capture device: the
+    kernel's loopback card (snd-aloop), whose other end plays the bundled recording. Loading
+    it is a sound card appearing: the udev rule starts the service, PyAudio (Debian's,
+    seen through the venv) records from it, and each screening lands in the log with the
+    device id heartsound.toml gave."""
+    wait_for_ssh(booted)
+    assert ssh(booted, "sudo modprobe snd-aloop").returncode == 0
+    deadline = time.monotonic() + MIC_TIMEOUT_S
+    while ssh(booted, "sudo systemctl is-active heartsound-screen").stdout.strip() != "active":
+        assert time.monotonic() < deadline, "the service did not start for the sound card"
+        time.sleep(2)
+    wav = f"{STATION}/current/bundle/smoke/{Path(WAV).name}"
+    play = ssh(booted, "nohup sh -c 'while aplay -q -D plughw:Loopback,1,0 "
+                       f"{wav}; do :; done' >/dev/null 2>&1 &")
+    assert play.returncode == 0, play.stderr
+    while True:  # the first recording began before the sound did: wait for a whole one
+        heard = [r for r in microphone_rows(booted)
+                 if not r["quality_reason"] and json.loads(r["window_scores"])]
+        if heard:
+            break
+        log = ssh(booted, "sudo journalctl -b -u heartsound-screen --no-pager | tail -5").stdout
+        assert time.monotonic() < deadline, f"no screening of the sound card logged: {log}"
+        time.sleep(5)
+    assert heard[0]["device_id"] == "emu-1"
+    assert heard[0]["decision"] in ("normal", "abnormal", "unsure")
+    assert float(heard[0]["audio_seconds"] or 0) == 0  # the service keeps no audio
+
+
 def device_current(booted: dict) -> str:
-    proc = ssh(booted, f"readlink {ROOT.removeprefix('home/heartsound/')}/current")
+    proc = ssh(booted, f"readlink {STATION}/current")
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().removeprefix("releases/")
 
@@ -188,6 +231,8 @@ def test_deploy_to_the_flashed_station_then_roll_back(booted, tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     new = device_current(booted)
     assert new != flashed
+    # the new release's venv sees Debian's PyAudio, as the flashed one's does
+    assert ssh(booted, f"{STATION}/current/bin/python -c 'import pyaudio'").returncode == 0
     listed = deploy("--list")
     assert listed.returncode == 0 and new in listed.stdout and flashed in listed.stdout
     back = deploy("--rollback", "--link-timeout", "120")

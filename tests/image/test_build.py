@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.image import build
+from edge.deploy.install import sees_system_site
+from edge.image import build, firstboot
 from tests.image.background_build import BUILD_KEY, TEST_IMAGE_ENV
 from tests.image.loopdev import attached
 
@@ -26,9 +27,14 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="image build needs root")]
 
 ROOT = "home/heartsound/heartsound"  # the ROOT `heartsound deploy` uses for user heartsound
-# Debian bookworm's kernel (6.1) has no Raspberry Pi 5 (bcm2712) device tree, nor its RP1
-# I/O chip's drivers: the image boots a Pi 3 and 4 (see README, "Flash a Raspberry Pi").
-PI_DTBS = ("bcm2837-rpi-3-b.dtb", "bcm2837-rpi-3-b-plus.dtb", "bcm2711-rpi-4-b.dtb")
+# The Pi 5's (bcm2712) comes with the kernel from trixie-backports (trixie's has none);
+# the D0 stepping's goes by the name the Pi firmware asks for (overlay's z51 kernel hook).
+PI_DTBS = ("bcm2837-rpi-3-b.dtb", "bcm2837-rpi-3-b-plus.dtb", "bcm2711-rpi-4-b.dtb",
+           "bcm2712-rpi-5-b.dtb", "bcm2712d0-rpi-5-b.dtb")
+# What a Pi 5 needs of the kernel beyond its device tree: the RP1 chip (USB, Ethernet,
+# GPIO) and the bcm2712's SD card and interrupt controllers.
+PI5_MODULES = ("rp1-pci.ko", "clk-rp1.ko", "pinctrl-rp1.ko", "irq-bcm2712-mip.ko",
+               "sdhci-brcmstb.ko", "macb.ko")
 BUILD_TIMEOUT_S = 3 * 3600  # "returns at all": a cold build on 2 shared cores
 
 
@@ -75,7 +81,7 @@ def test_partition_table_is_mbr_fat_then_linux(station_image):
     assert root["type"] == "83" and root["start"] == boot["start"] + boot["size"]
 
 
-def test_boot_partition_boots_a_pi_3_and_4(parts):
+def test_boot_partition_boots_a_pi_3_4_and_5(parts):
     _, boot, _ = parts
     names = {p.name for p in boot.iterdir()}
     assert {"bootcode.bin", "start.elf", "start4.elf", "fixup.dat", "fixup4.dat",
@@ -105,17 +111,38 @@ def test_station_has_the_release_layout_a_deploy_manages(parts):
     assert (station / "data").stat().st_uid == uid and release.stat().st_uid == uid
 
 
+def test_the_kernel_is_the_backported_one_with_the_pi_5_drivers(parts):
+    _, _, root = parts
+    kernels = [p.name for p in (root / "usr/lib/modules").iterdir()]
+    assert len(kernels) == 1 and "+deb13" in kernels[0], kernels
+    found = {p.name.split(".ko")[0].replace("_", "-") for p in
+             (root / "usr/lib/modules" / kernels[0]).rglob("*.ko*")}
+    wanted = {m.removesuffix(".ko").replace("_", "-") for m in PI5_MODULES}
+    assert wanted <= found, sorted(wanted - found)
+    assert f"n={build.KERNEL_SUITE}" in (root / build.KERNEL_PIN_IN_IMAGE).read_text()
+
+
 def test_units_enabled_and_firstboot_installed(parts):
     _, _, root = parts
     wants = root / "etc/systemd/system/multi-user.target.wants"
-    for unit in ("heartsound-firstboot.service", "systemd-networkd.service", "ssh.service"):
+    for unit in ("heartsound-firstboot.service", "systemd-networkd.service", "ssh.service",
+                 "heartsound-screen.service"):
         assert (wants / unit).is_symlink(), unit
-    # linked, for `systemctl enable --now` once the microphone stack is there (not enabled:
-    # the bundle carries no PyAudio for aarch64)
-    assert not (wants / "heartsound-screen.service").exists()
     assert (root / build.FIRSTBOOT_IN_IMAGE).is_file()
     unit = os.readlink(root / "etc/systemd/system/heartsound-screen.service")
     assert unit == f"/{ROOT}/current/etc/heartsound-screen.service"
+    dropin = root / "etc/systemd/system/heartsound-screen.service.d/device.conf"
+    assert f"EnvironmentFile=-/{firstboot.DEVICE_ENV}" in dropin.read_text()
+    rule = (root / "etc/udev/rules.d/90-heartsound-microphone.rules").read_text()
+    assert 'ENV{SYSTEMD_WANTS}+="heartsound-screen.service"' in rule
+
+
+def test_the_station_takes_pyaudio_from_debian(parts):
+    """PyPI has no aarch64 PyAudio: Debian's python3-pyaudio, seen by the release's venv."""
+    _, _, root = parts
+    assert list((root / "usr/lib/python3/dist-packages").glob("pyaudio*"))
+    release = root / ROOT / os.readlink(root / ROOT / "current")
+    assert sees_system_site((release / "pyvenv.cfg").read_text())
 
 
 def test_no_host_keys_no_password_hashes(parts):
@@ -134,7 +161,10 @@ def test_manifest_inside_equals_beside_and_lists_everything(parts, station_image
     assert inside == beside
     m = json.loads(inside)
     pkgs = m["debian_packages"]
-    assert {"linux-image-arm64", "raspi-firmware", "python3", "openssh-server"} <= set(pkgs)
+    assert {"linux-image-arm64", "raspi-firmware", "python3", "openssh-server",
+            "python3-pyaudio"} <= set(pkgs)
+    assert "bpo13" in pkgs["linux-image-arm64"]["version"]  # from trixie-backports
+    assert pkgs["python3"]["version"].startswith("3.13")
     assert all(len(p["deb_sha256"] or "") == 64 for p in pkgs.values()), \
         [n for n, p in pkgs.items() if not p["deb_sha256"]]
     assert any(w.startswith("numpy-") for w in m["wheels"])

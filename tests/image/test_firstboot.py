@@ -64,7 +64,7 @@ def test_toml_applies_hostname_keys_device_id_timezone_wifi(root):
     assert "127.0.1.1\tbed-3" in (root / "etc/hosts").read_text()
     keys = root / "home/heartsound/.ssh/authorized_keys"
     assert keys.read_text() == KEY + "\n" and keys.stat().st_mode & 0o777 == 0o600
-    assert "HEARTSOUND_DEVICE_ID=clinic-a-bed-3" in (root / firstboot.SERVICE_DROPIN).read_text()
+    assert (root / firstboot.DEVICE_ENV).read_text() == "HEARTSOUND_DEVICE_ID=clinic-a-bed-3\n"
     assert "HEARTSOUND_DEVICE_ID=clinic-a-bed-3" in (root / "etc/environment").read_text()
     assert os.readlink(root / "etc/localtime") == "/usr/share/zoneinfo/Europe/Berlin"
     wpa = (root / firstboot.WPA_CONF).read_text()
