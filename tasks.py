@@ -203,7 +203,8 @@ REMOTE_HELP = {
 @task(help={**REMOTE_HELP,
             "model": "int8 .tflite to ship (default: the packaged model)",
             "remote_python": "Python 3.11+ on the device (default python3)",
-            "system_site_packages": "reuse the device's system numpy (Raspberry Pi OS: apt)",
+            "system_site_packages": "venv sees system packages (apt numpy, a flashed station's "
+                                    "PyAudio); default: as the release it replaces",
             "offline": "the device has no network: install only from the bundle's wheels",
             "download_deps": "ship the edge extra's wheels for the device's platform",
             "bundle": "reuse (or build into) this bundle folder"})
