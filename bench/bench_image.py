@@ -44,6 +44,19 @@ def manifest_without_release(result: BuildResult) -> dict:
     return data
 
 
+def differences(a: dict, b: dict) -> list[str]:
+    """The manifest entries that differ, one level down ("wheels/heartsound-...whl"):
+    a NO then says at once which package, wheel or input changed between the builds."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += [f"{key}/{k}" for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
+        elif x != y:
+            out.append(key)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="folder for the images (default: a "
@@ -62,10 +75,11 @@ def main() -> int:
         print(f"bench_image: {exc}", file=sys.stderr)
         return 1
     if args.twice:
-        same = manifest_without_release(runs[0]) == manifest_without_release(runs[1])
-        print(f"same packages, wheels and model in both manifests: {'yes' if same else 'NO'}; "
+        differ = differences(*(manifest_without_release(r) for r in runs))
+        print("same packages, wheels and model in both manifests: "
+              f"{'NO (' + ', '.join(differ) + ')' if differ else 'yes'}; "
               f"warm/first build time {runs[1].seconds / runs[0].seconds:.2f}")
-        return 0 if same else 1
+        return 1 if differ else 0
     return 0
 
 
