@@ -190,9 +190,8 @@ def _foreign_python(target: WheelTarget) -> list[str]:
     --python-version (seen with pip 23.2: numpy 2.4 "requires a different Python: 3.11.7
     not in '>=3.12'" for a 3.13 target). For another Python that check is skipped: `pip
     download` chose the wheels for the target's Python, and the tags still bind them."""
-    if target.python_version in (None, f"{sys.version_info[0]}.{sys.version_info[1]}"):
-        return []
-    return ["--ignore-requires-python"]
+    same = target.python == f"{sys.version_info[0]}.{sys.version_info[1]}"
+    return [] if same else ["--ignore-requires-python"]
 
 
 def resolve_wheels(wheels: Path, requirement: str, target: WheelTarget) -> dict[str, dict]:
