@@ -8,13 +8,15 @@ must mean the tests ran on the data.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_ENV = "HEARTSOUND_DATA"
-EXPECTED_FOLDERS = ("pascal", "physionet2016")
+EXPECTED_FOLDERS = ("pascal", "physionet2016", "circor2022")
 
 
 def _data_root() -> tuple[Path, str]:
@@ -27,17 +29,42 @@ def _data_root() -> tuple[Path, str]:
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """Folder holding ``pascal/`` and ``physionet2016/`` (the real recordings)."""
+    """Folder holding ``pascal/``, ``physionet2016/`` and ``circor2022/`` (real recordings)."""
     root, how = _data_root()
     missing = [name for name in EXPECTED_FOLDERS if not (root / name).is_dir()]
     if missing:
         pytest.fail(
             f"real data not found: {root} ({how}) lacks {', '.join(missing)}; set "
-            f"{DATA_ENV} to the pascal and physionet2016 folders (':'-separated) or put "
+            f"{DATA_ENV} to the pascal, physionet2016 and circor2022 folders (':'-separated) "
+            "or put "
             "them in ../shared/data beside the repository",
             pytrace=False,
         )
     return root
+
+
+@pytest.fixture(scope="session")
+def installed_station(tmp_path_factory) -> Path:
+    """A venv with the heartsound wheel installed as a user installs it, outside any
+    checkout: the venv reuses this machine's numpy and LiteRT (``--system-site-packages``)
+    and the wheel goes in with --no-index, so nothing is downloaded. Returns the venv."""
+    from edge.deploy.bundle import build_wheel
+
+    where = tmp_path_factory.mktemp("installed")
+    wheel = build_wheel(where / "wheel")
+    venv = where / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True, timeout=120)
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--no-index",
+                    "--no-deps", "--force-reinstall", "--disable-pip-version-check", str(wheel)],
+                   check=True, timeout=300)
+    return venv
+
+
+def outside_checkout_env() -> dict[str, str]:
+    """The environment of a user's shell: no checkout on the path, no model or data set."""
+    drop = ("PYTHONPATH", "HEARTSOUND_MODEL", DATA_ENV)
+    return {k: v for k, v in os.environ.items() if k not in drop}
 
 
 # ---- the firmware app (tests/test_firmware_qemu.py, tests/test_firmware_faults.py) ----------

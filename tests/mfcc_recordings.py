@@ -1,7 +1,7 @@
 """A small, fixed sample of real recordings from every source, at the front end's rate.
 
 The front-end tests (tests/test_mfcc*.py, tests/test_c_frontend.py) use the same few
-files per source (PASCAL A, PASCAL B, PhysioNet a, b, d, e) so they stay fast while every
+files per source (PASCAL A, PASCAL B, PhysioNet a-f, CirCor) so they stay fast while every
 stethoscope is covered; the full sweep over all PASCAL frames is bench/bench_frontend.py.
 """
 
@@ -22,6 +22,9 @@ SOURCES = {
     "physionet_b": ("physionet2016/training-b", 2),
     "physionet_d": ("physionet2016/training-d", 2),
     "physionet_e": ("physionet2016/training-e", 2),
+    "physionet_c": ("physionet2016/training-c", 1),
+    "physionet_f": ("physionet2016/training-f", 2),
+    "circor": ("circor2022/training_data", 2),
 }
 
 

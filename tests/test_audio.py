@@ -21,6 +21,7 @@ import pytest
 from edge.audio import WavInfo, load_audio, read_wav, read_wav_info
 from edge.errors import AudioError, HeartsoundError
 from edge.resample import resample
+from tests.data_sources import pascal_a_at
 
 SUBFORMAT_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
 
@@ -31,6 +32,9 @@ FOLDERS = {  # source -> (folder under the data root, files sampled from it)
     "physionet_a": ("physionet2016/training-a", 2),
     "physionet_b": ("physionet2016/training-b", 2),
     "physionet_d": ("physionet2016/training-d", 2),
+    "physionet_c": ("physionet2016/training-c", 1),
+    "physionet_f": ("physionet2016/training-f", 2),
+    "circor": ("circor2022/training_data", 2),
 }
 REAL_CASES = [(source, i) for source, (_, n) in FOLDERS.items() for i in range(n)]
 
@@ -130,7 +134,7 @@ def test_info_agrees_with_pascal_labels(data_root) -> None:
 
 
 def test_info_agrees_with_physionet_headers(data_root) -> None:
-    for db in ("training-a", "training-b", "training-d"):
+    for db in ("training-a", "training-b", "training-c", "training-d", "training-f"):
         for path in _spread(_files(data_root, f"physionet2016/{db}"), 3):
             lines = [ln.split() for ln in path.with_suffix(".hea").read_text().splitlines()]
             record, signal = lines[0], next(ln for ln in lines if ln[0] == path.name)
@@ -141,7 +145,7 @@ def test_info_agrees_with_physionet_headers(data_root) -> None:
 
 
 def test_load_audio_resamples_and_reports_file_info(data_root) -> None:
-    path = _files(data_root, "pascal/set_a")[0]
+    path = pascal_a_at(data_root, 44100)[0]  # a phone recording at the phone's rate
     y, info = load_audio(path, 2000)
     x = read_wav(path)
     assert info.sample_rate == 44100 and info.frames == x.size

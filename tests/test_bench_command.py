@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.conftest import outside_checkout_env
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("front_end_ms", "front_end_float64_ms", "interpreter_ms", "window_ms",
@@ -112,21 +113,12 @@ def test_bench_baseline_names_the_command_that_writes_the_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_runs_from_the_wheel_in_a_fresh_venv(tmp_path):
+def test_bench_runs_from_the_wheel_in_a_fresh_venv(installed_station, tmp_path):
     """`pip install` the wheel into a new venv and bench from outside any checkout: the
     recording it times must come with the package (it used to say "no example recordings
-    found"). The venv reuses this machine's numpy and LiteRT; the wheel goes in with
-    --no-index, so nothing is downloaded."""
-    from edge.deploy.bundle import build_wheel
-
-    wheel = build_wheel(tmp_path / "wheel")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, timeout=120)
-    subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--no-index",
-                    "--no-deps", "--force-reinstall", "--disable-pip-version-check", str(wheel)],
-                   check=True, timeout=300)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HEARTSOUND_MODEL")}
+    found")."""
+    venv = installed_station
+    env = outside_checkout_env()
     out = tmp_path / "elsewhere"
     out.mkdir()
     result = subprocess.run([str(venv / "bin/heartsound"), "bench", "--runs", "5", "--warmup",

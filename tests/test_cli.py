@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from edge.cli import COMMANDS, build_parser
-from tests.data_sources import SOURCES
+from tests.data_sources import DATA_FOLDERS, SOURCES
 
 HEAVY = ("tensorflow", "keras", "tf_keras", "scipy")
 
@@ -57,8 +57,8 @@ def test_parser_is_buildable_in_process():
 
 
 def test_data_list_counts_every_source(data_root):
-    result = _heartsound("data", "list", "--data", str(data_root / "pascal"),
-                         "--data", str(data_root / "physionet2016"))
+    folders = [arg for name in DATA_FOLDERS for arg in ("--data", str(data_root / name))]
+    result = _heartsound("data", "list", *folders)
     assert result.returncode == 0, result.stderr
     for source in SOURCES:
         assert source in result.stdout

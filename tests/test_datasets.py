@@ -1,4 +1,4 @@
-"""The loader on the real PASCAL and PhysioNet recordings, and on broken copies of them."""
+"""The loader on the real PASCAL, PhysioNet and CirCor recordings, and on broken copies."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import DataError
-from tests.data_sources import SOURCES
+from tests.data_sources import DATA_FOLDERS, SOURCES
 from train.datasets import (
     CONDITION,
     LABEL_SETS,
@@ -33,7 +33,7 @@ WAV_CHECKS_PER_SOURCE = 8
 
 @pytest.fixture(scope="module")
 def records(data_root: Path) -> list[Recording]:
-    return load_records([data_root / "pascal", data_root / "physionet2016"])
+    return load_records([data_root / name for name in DATA_FOLDERS])
 
 
 def _by_source(records: list[Recording]) -> dict[str, list[Recording]]:
@@ -48,13 +48,13 @@ def test_every_source_is_loaded_with_its_rate(records: list[Recording]) -> None:
     assert sorted(by_source) == sorted(SOURCES)
     rates = {s: {r.sample_rate for r in rs} for s, rs in by_source.items()}
     assert rates == {
-        "pascal-a": {44100},
+        "pascal-a": {4000, 44100},  # 130 files resampled to 4 kHz, 11 kept at 44.1 kHz
         "pascal-b": {4000},
-        "physionet-a": {2000},
-        "physionet-b": {2000},
-        "physionet-d": {2000},
-        "physionet-e": {2000},
+        **{source: {2000} for source in SOURCES if source.startswith("physionet-")},
+        "circor": {2000},  # resampled from 4 kHz for the shared folder
     }
+    set_a = by_source["pascal-a"]
+    assert sum(r.sample_rate == 44100 for r in set_a) == 11
 
 
 def test_pascal_labels_agree_with_file_names(records: list[Recording]) -> None:
@@ -176,7 +176,9 @@ def test_label_sets(records: list[Recording]) -> None:
     assert condition_label("artifact") is None and condition_label("murmur") == "murmur"
     by_source = _by_source(records)
     for r in records:
-        assert SCREENING.target(r) == screening_label(r.label)
+        # CirCor's "murmur" is a patient's finding; screening trains on the other sets.
+        expected = None if r.dataset == "circor2022" else screening_label(r.label)
+        assert SCREENING.target(r) == expected
         index = SCREENING.index(r)
         assert index is None or SCREENING.classes[index] == SCREENING.target(r)
     assert CONDITION.select(by_source["physionet-a"]) == []
@@ -188,7 +190,7 @@ def test_label_sets(records: list[Recording]) -> None:
 def test_default_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("HEARTSOUND_DATA", raising=False)
     shared = repo_root().parent / "shared" / "data"
-    assert default_data_paths() == [shared / "pascal", shared / "physionet2016"]
+    assert default_data_paths() == [shared / name for name in DATA_FOLDERS]
     joined = os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b"), ""])
     monkeypatch.setenv("HEARTSOUND_DATA", joined)
     assert default_data_paths() == [tmp_path / "a", tmp_path / "b"]

@@ -38,6 +38,8 @@ SOURCES = {
     "physionet-b": ("physionet2016/training-b", "b*.wav"),
     "physionet-d": ("physionet2016/training-d", "d*.wav"),
     "physionet-e": ("physionet2016/training-e", "e*.wav"),
+    "physionet-f": ("physionet2016/training-f", "f*.wav"),
+    "circor": ("circor2022/training_data", "*.wav"),
 }
 
 

@@ -23,6 +23,7 @@ from edge.resample import (
     resample,
     resample_reference,
 )
+from tests.data_sources import pascal_a_at
 
 RATES_IN = (2000, 4000, 8000, 16000, 44100, 48000)
 MODEL_RATES = (2000, 4000)
@@ -33,19 +34,24 @@ INT16_MAX = 32767
 
 
 SOURCES = {  # source -> (folder under the data root, files sampled, their rate)
-    "pascal_a": ("pascal/set_a", 6, 44100),
+    "pascal_a": ("pascal/set_a", 6, 44100),  # the phone's rate: files picked by labels.csv
+    "pascal_a_4k": ("pascal/set_a", 4, 4000),
     "pascal_b": ("pascal/set_b", 6, 4000),
     "physionet_a": ("physionet2016/training-a", 4, 2000),
     "physionet_b": ("physionet2016/training-b", 4, 2000),
     "physionet_d": ("physionet2016/training-d", 4, 2000),
     "physionet_e": ("physionet2016/training-e", 4, 2000),
+    "physionet_f": ("physionet2016/training-f", 4, 2000),
 }
 
 
 def _files(data_root: Path, source: str) -> list[Path]:
     """A deterministic spread of files over the sorted folder (several patients)."""
-    folder, n, _ = SOURCES[source]
-    files = sorted((data_root / folder).glob("*.wav"))
+    folder, n, rate = SOURCES[source]
+    if folder == "pascal/set_a":  # stored at two rates: the one asked for, by labels.csv
+        files = pascal_a_at(data_root, rate)
+    else:
+        files = sorted((data_root / folder).glob("*.wav"))
     assert files, f"no WAV files in {data_root / folder}"
     return [files[i] for i in np.linspace(0, len(files) - 1, n).astype(int)]
 

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.errors import DataError, UsageError
-from tests.data_sources import PHYSIONET, SOURCES
+from tests.data_sources import PHYSIONET
+from tests.data_sources import SCREENING_SOURCES as SOURCES
 from train.datasets import CONDITION, SCREENING, LabelSet, Recording, load_records
 from train.splits import SPLITS, group_stratum, leave_one_database_out, split_groups, split_id
 

@@ -11,7 +11,7 @@ import train.features as features
 from edge.audio import read_wav
 from edge.mfcc import fill_window, mfcc, windows
 from edge.spec import DEFAULT_SPEC
-from tests.data_sources import SOURCES
+from tests.data_sources import DATA_FOLDERS, SOURCES
 from train.augment import AugmentConfig, draw_variants, noise_bank, speed_rates
 from train.datasets import SCREENING, load_records
 from train.features import (
@@ -25,7 +25,7 @@ from train.features import (
 
 @pytest.fixture(scope="module")
 def records(data_root):
-    return load_records([data_root / "pascal", data_root / "physionet2016"])
+    return load_records([data_root / name for name in DATA_FOLDERS])
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from edge.cli import main
-from tests.data_sources import PHYSIONET, SOURCES
+from tests.data_sources import PHYSIONET
+from tests.data_sources import SCREENING_SOURCES as SOURCES
 from train.datasets import load_records
 
 RUN_FILES = ("model.keras", "spec.json", "model.json", "representative.npy", "splits.json",

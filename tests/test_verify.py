@@ -29,7 +29,7 @@ from tests.convert_run import (
     small_run,
     stderr_lines,
 )
-from tests.data_sources import SOURCES
+from tests.data_sources import SCREENING_SOURCES as SOURCES
 from train.datasets import SCREENING, load_records
 from train.features import IDENTITY, FeatureCache, extract_all, recording_windows
 from train.targets import release_checks

@@ -1,4 +1,4 @@
-"""Real heart-sound recordings from PASCAL and PhysioNet/CinC 2016 as one record type.
+"""Real heart-sound recordings from PASCAL, PhysioNet/CinC 2016 and CirCor 2022 as one type.
 
 Training, evaluation and the data tools all see a recording as a :class:`Recording`:
 where it is, its fine label, the *group* that must never be split across train and test,
@@ -19,6 +19,7 @@ Groups, decided from what the data shows (see :func:`pascal_a_sessions` and
   labelled and unlabelled files: same patient, same group, same split.
 - PASCAL set A: a *recording session* (files whose timestamps chain within 30 minutes).
 - PhysioNet: one group per recording; the database (``source``) is the honest unit.
+- CirCor: the child (two linked ids of one child are one group; see ``train.circor``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.errors import DataError
+
+if TYPE_CHECKING:
+    from train.circor import Auscultation
 
 PASCAL_LABELS_FILE = "labels.csv"
 PASCAL_COLUMNS = ("file", "set", "label", "noisy", "patient", "sample_rate", "seconds")
@@ -52,10 +57,12 @@ PASCAL_A_TIMESTAMP = re.compile(r"__(\d+)")
 PASCAL_B_PATIENT = re.compile(r"_(\d+)_\d{9,}")  # patient, then a ms timestamp
 MAX_MISSING_NAMED = 5
 DATA_ENV = "HEARTSOUND_DATA"
-DEFAULT_DATA_FOLDERS = ("pascal", "physionet2016")
+CIRCOR_INDEX = "training_data.csv"
+DEFAULT_DATA_FOLDERS = ("pascal", "physionet2016", "circor2022")
 FORMATS_LOOKED_FOR = (
     f"{PASCAL_LABELS_FILE} (PASCAL folder), {PHYSIONET_REFERENCE} (PhysioNet training-x "
-    f"folder), {PHYSIONET_FOLDER_PREFIX}*/{PHYSIONET_REFERENCE} (PhysioNet root)"
+    f"folder), {PHYSIONET_FOLDER_PREFIX}*/{PHYSIONET_REFERENCE} (PhysioNet root), "
+    f"{CIRCOR_INDEX} (CirCor 2022 folder)"
 )
 
 
@@ -77,7 +84,8 @@ class Recording:
     sample_rate: int  # Hz, from labels.csv or the .hea header
     seconds: float  # length, from labels.csv or the .hea header
     patient: str | None = None  # a real subject id, only where the data set has one
-    dataset: str = ""  # "pascal" or "physionet2016"
+    dataset: str = ""  # "pascal", "physionet2016" or "circor2022"
+    auscultation: Auscultation | None = None  # location and findings (CirCor only)
 
     @property
     def name(self) -> str:
@@ -130,6 +138,8 @@ SCREENING = LabelSet(
         "extrahls": "abnormal",
         "abnormal": "abnormal",
     },
+    # CirCor's labels are murmur findings, not normal/abnormal recordings: its own job.
+    datasets=("pascal", "physionet2016"),
 )
 CONDITION = LabelSet(
     name="condition",
@@ -170,14 +180,31 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def is_checkout(root: Path) -> bool:
+    """A source checkout (it has the project file), not an installed ``site-packages``."""
+    return (root / "pyproject.toml").is_file() and (root / "train").is_dir()
+
+
 def default_data_paths() -> list[Path]:
-    """``$HEARTSOUND_DATA`` (os.pathsep-separated) or the shared folder beside the repo."""
+    """``$HEARTSOUND_DATA`` (os.pathsep-separated), else, in a checkout, the shared folder
+    beside it. An installed copy has no such neighbour: ``site-packages/../shared/data``
+    would be a guess about someone else's disk, so it says what to pass instead."""
     env = os.environ.get(DATA_ENV, "")
     entries = [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
     if entries:
         return entries
-    shared = repo_root().parent / "shared" / "data"
-    return [shared / name for name in DEFAULT_DATA_FOLDERS]
+    root = repo_root()
+    if not is_checkout(root):
+        raise DataError(
+            f"no data folder given: pass --data DIR (repeatable) or set {DATA_ENV}=dir1:dir2; "
+            f"only a checkout finds ../shared/data on its own (this is an installed copy in "
+            f"{root})"
+        )
+    shared = root.parent / "shared" / "data"
+    folders = [shared / name for name in DEFAULT_DATA_FOLDERS]
+    # A checkout with part of the shared data trains on that part; with none of it the
+    # loader's error names every folder it looked for.
+    return [f for f in folders if f.is_dir()] or folders
 
 
 def load_records(paths: Sequence[Path] | None = None) -> list[Recording]:
@@ -203,13 +230,15 @@ def load_records(paths: Sequence[Path] | None = None) -> list[Recording]:
 
 
 def detect_format(folder: Path) -> str | None:
-    """'pascal', 'physionet-root', 'physionet-folder', or None when none matches."""
+    """'pascal', 'physionet-root', 'physionet-folder', 'circor', or None."""
     if (folder / PASCAL_LABELS_FILE).is_file():
         return "pascal"
     if (folder / PHYSIONET_REFERENCE).is_file():
         return "physionet-folder"
     if _physionet_subfolders(folder):
         return "physionet-root"
+    if (folder / CIRCOR_INDEX).is_file():
+        return "circor"
     return None
 
 
@@ -228,6 +257,10 @@ def _load_folder(folder: Path) -> list[Recording]:
         return load_physionet_folder(folder)
     if kind == "physionet-root":
         return [r for sub in _physionet_subfolders(folder) for r in load_physionet_folder(sub)]
+    if kind == "circor":
+        from train.circor import load_circor  # circor builds on this module's Recording
+
+        return load_circor(folder)
     raise DataError(f"no labelled recordings in {folder}: looked for {FORMATS_LOOKED_FOR}")
 
 
@@ -237,14 +270,14 @@ def _load_folder(folder: Path) -> list[Recording]:
 def load_pascal(folder: Path) -> list[Recording]:
     """Read the PASCAL folder through its ``labels.csv`` (set A and set B)."""
     index = folder / PASCAL_LABELS_FILE
-    rows = _read_csv(index)
+    rows = read_csv_rows(index)
     if not rows or tuple(c.strip() for c in rows[0][1]) != PASCAL_COLUMNS:
         raise DataError(
             f"{index} line 1: expected the header {','.join(PASCAL_COLUMNS)}; "
             "is this the PASCAL labels file?"
         )
     records = [_pascal_row(folder, index, line, row) for line, row in rows[1:]]
-    _check_present(index, [r.path for r in records])
+    check_present(index, [r.path for r in records])
     sessions = pascal_a_sessions([r.path.name for r in records if r.source == "pascal-a"])
     return [
         _with_group(r, f"pascal-a/{sessions[r.path.name]}") if r.source == "pascal-a" else r
@@ -365,10 +398,10 @@ def load_physionet_folder(folder: Path) -> list[Recording]:
     labels, quality = _read_reference(reference)
     quality.update(_sibling_quality(folder, labels))
     paths = [folder / f"{name}.wav" for name in labels]
-    _check_present(reference, paths)
+    check_present(reference, paths)
     records = []
     for name, label in labels.items():
-        rate, seconds = _physionet_header(folder, name)
+        rate, seconds = wfdb_rate_and_seconds(folder / f"{name}.hea", folder / f"{name}.wav")
         records.append(
             Recording(
                 path=folder / f"{name}.wav",
@@ -406,7 +439,7 @@ def _read_reference(reference: Path) -> tuple[dict[str, str | None], dict[str, s
     """Labels by record name, and the optional third column (signal quality)."""
     labels: dict[str, str | None] = {}
     quality: dict[str, str] = {}
-    for line, row in _read_csv(reference):
+    for line, row in read_csv_rows(reference):
         fields = [f.strip() for f in row]
         if not any(fields):
             continue
@@ -431,7 +464,7 @@ def _sibling_quality(folder: Path, labels: Mapping[str, str | None]) -> dict[str
         path = folder / file_name
         if not path.is_file():
             continue
-        for line, row in _read_csv(path):
+        for line, row in read_csv_rows(path):
             fields = [f.strip() for f in row]
             if len(fields) >= 3 and fields[0] in labels:
                 quality[fields[0]] = _quality_code(fields[-1], f"{path} line {line}")
@@ -444,11 +477,10 @@ def _quality_code(value: str, where: str) -> str:
     return value
 
 
-def _physionet_header(folder: Path, name: str) -> tuple[int, float]:
+def wfdb_rate_and_seconds(header: Path, wav: Path) -> tuple[int, float]:
     """Rate and length from the WFDB header, else from the WAV header."""
-    header = folder / f"{name}.hea"
     if not header.is_file():
-        return _wav_rate_and_seconds(folder / f"{name}.wav")
+        return _wav_rate_and_seconds(wav)
     with header.open(encoding="ascii", errors="replace") as handle:
         fields = handle.readline().split()
     # WFDB record line: name n_signals fs[/counter][(base)] n_samples ...
@@ -470,7 +502,7 @@ def _wav_rate_and_seconds(path: Path) -> tuple[int, float]:
 # ----------------------------------------------------------------------------- common
 
 
-def _read_csv(path: Path) -> list[tuple[int, list[str]]]:
+def read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
     """Rows with their 1-based line numbers; blank lines skipped; CRLF tolerated."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -492,7 +524,7 @@ def _parse_number(kind: Callable[[str], float], text: str, where: str):
     return value
 
 
-def _check_present(index: Path, paths: Sequence[Path]) -> None:
+def check_present(index: Path, paths: Sequence[Path]) -> None:
     missing = [p for p in paths if not p.is_file()]
     if missing:
         shown = ", ".join(p.name for p in missing[:MAX_MISSING_NAMED])
@@ -516,8 +548,9 @@ def _with_group(record: Recording, group: str) -> Recording:
 
 def summarize(records: Sequence[Recording]) -> str:
     """A table of recordings per source and fine label, with groups and hours."""
-    labels = [*PASCAL_FINE_LABELS, "abnormal"]
-    present = [lab for lab in labels if any(r.label == lab for r in records)]
+    known = [*PASCAL_FINE_LABELS, "abnormal"]
+    found = {r.label for r in records if r.label is not None}
+    present = [lab for lab in known if lab in found] + sorted(found - set(known))
     columns = [*present, "unlabelled", "total", "groups", "hours"]
     by_source: dict[str, list[Recording]] = defaultdict(list)
     for record in records:

@@ -202,8 +202,10 @@ DEVICES = {
     "pascal-b": "the DigiScope (PASCAL B)",
     "physionet-a": "Welch Allyn Meditron (PhysioNet a)",
     "physionet-b": "3M Littmann E4000 (PhysioNet b)",
+    "physionet-c": "the AUDIOSCOPE (PhysioNet c)",
     "physionet-d": "UHA's stethoscope (PhysioNet d)",
     "physionet-e": "DLUT's stethoscope (PhysioNet e)",
+    "physionet-f": "the JABES electronic stethoscope (PhysioNet f)",
 }
 
 

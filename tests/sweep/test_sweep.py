@@ -28,7 +28,7 @@ import pytest
 from edge.cli import main
 from edge.errors import DeviceError, SpecError, UsageError
 from edge.spec import DEFAULT_SPEC
-from tests.data_sources import SOURCES
+from tests.data_sources import SCREENING_SOURCES as SOURCES
 from train.sweep.spec import SWEEP_HELP, load_sweep, parse_sweep
 from train.sweep.summary import build_summary, render_table
 from train.sweep.trial import TrialSetup, error_text, run_trial, trial_config

@@ -16,9 +16,10 @@ def add_data_option(parser: argparse.ArgumentParser) -> None:
         action="append",
         type=Path,
         metavar="DIR",
-        help="a data folder: the PASCAL folder (with labels.csv), a PhysioNet 2016 root, or "
-        "one training-x folder; repeat for several. Default: $HEARTSOUND_DATA "
-        "(':'-separated), else ../shared/data/pascal and ../shared/data/physionet2016.",
+        help="a data folder: the PASCAL folder (with labels.csv), a PhysioNet 2016 root, "
+        "one training-x folder, or the CirCor 2022 folder (with training_data.csv); repeat "
+        "for several. Default: $HEARTSOUND_DATA (':'-separated), else, in a checkout, "
+        "../shared/data/pascal, physionet2016 and circor2022.",
     )
 
 
@@ -26,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser(
         "list", help="count the labelled recordings per source and label",
-        description="Load every data folder and print recordings, patients/groups and "
-        "hours per source and label, as training will see them.",
+        description="Load every data folder and print recordings, groups (patients, "
+        "children, sittings or recordings: the units splits keep whole) and hours per "
+        "source and label, as training will see them; CirCor's patients are counted below.",
     )
     add_data_option(listing)
     fetch = actions.add_parser(
@@ -44,9 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "list":
+        from train.circor import patient_summary
         from train.datasets import load_records, summarize
 
-        print(summarize(load_records(args.data)))
+        records = load_records(args.data)
+        print(summarize(records))
+        patients = patient_summary(records)
+        if patients:
+            print(patients)
         return 0
     from train.download import DEFAULT_URL, download, extract
 

@@ -54,9 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validation sensitivity the threshold must keep (default 0.9)")
     parser.add_argument("--lodo", action=argparse.BooleanOptionalAction, default=False,
                         help="also train leave-one-database-out for each PhysioNet database "
-                        "(three more trainings; their figures go into metrics.json and the "
-                        "model card). Off by default to keep the default run under 10 "
-                        "minutes on 2 cores")
+                        "loaded (one more training per database: six with a-f; their "
+                        "figures go into metrics.json and the model card). Off by default "
+                        "to keep the default run short")
     parser.add_argument("--no-augment", action="store_true",
                         help="train on the original recordings only")
     parser.add_argument("--copies", type=int, default=None,
