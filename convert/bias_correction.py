@@ -12,8 +12,9 @@ With a threshold near 0.16 that flipped 10 of 200 test recordings and moved test
 What: run the converted model on the calibration windows (training data, never val or
 test), read the tensor that feeds SOFTMAX, compare it with the float model's logits
 (log-probabilities, centred per window: softmax ignores a shift common to all classes),
-and subtract the mean error per class, measured again after each pass, from the int32 bias of the op that makes the
-logits (CONV_2D or FULLY_CONNECTED, before an optional MEAN, which is linear). The bias is
+and subtract the mean error per class, measured again after each pass, from the int32
+bias of the op that makes the logits (CONV_2D or FULLY_CONNECTED, before an optional MEAN,
+which is linear). The bias is
 rewritten in place in the flatbuffer: same length, same alignment, nothing else moves.
 """
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import DataError
-from train.datasets import Recording, check_present, read_csv_rows, wfdb_rate_and_seconds
+from train.data_files import check_present, read_csv_rows, wfdb_rate_and_seconds
+from train.records import Auscultation, Recording
 
 CIRCOR_INDEX = "training_data.csv"
 CIRCOR_FOLDER = "training_data"
@@ -38,22 +39,6 @@ REQUIRED_COLUMNS = ("Patient ID", "Locations", "Murmur", "Murmur locations",
                     "Diastolic murmur grading", "Diastolic murmur timing",
                     "Outcome", "Campaign", "Additional ID")
 MISSING = ("", "nan", "NaN")
-
-
-@dataclass(frozen=True)
-class Auscultation:
-    """Where a recording was taken and what the clinicians found in that patient."""
-
-    location: str  # AV, PV, TV, MV or Phc
-    murmur: str  # the patient's finding: Present, Absent or Unknown
-    murmur_here: bool | None  # heard at this location (None: the finding is Unknown)
-    outcome: str  # Abnormal or Normal: the cardiologist's overall judgement
-    campaign: str  # CC2014 or CC2015
-    systolic_grade: str | None  # I/VI, II/VI, III/VI
-    systolic_timing: str | None  # Early-systolic, Holosystolic, Mid-systolic, Late-systolic
-    diastolic_grade: str | None
-    diastolic_timing: str | None
-    segmentation: Path | None  # the expert S1/S2 .tsv, when the source has one
 
 
 @dataclass(frozen=True)

@@ -24,21 +24,18 @@ Groups, decided from what the data shows (see :func:`pascal_a_sessions` and
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import os
 import re
-import wave
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from edge.errors import DataError
-
-if TYPE_CHECKING:
-    from train.circor import Auscultation
+from train.circor import CIRCOR_INDEX, load_circor
+from train.data_files import check_present, read_csv_rows, wfdb_rate_and_seconds
+from train.records import Recording
 
 PASCAL_LABELS_FILE = "labels.csv"
 PASCAL_COLUMNS = ("file", "set", "label", "noisy", "patient", "sample_rate", "seconds")
@@ -55,42 +52,13 @@ PHYSIONET_POOR_QUALITY = "0"
 PASCAL_A_SESSION_GAP = dt.timedelta(minutes=30)
 PASCAL_A_TIMESTAMP = re.compile(r"__(\d+)")
 PASCAL_B_PATIENT = re.compile(r"_(\d+)_\d{9,}")  # patient, then a ms timestamp
-MAX_MISSING_NAMED = 5
 DATA_ENV = "HEARTSOUND_DATA"
-CIRCOR_INDEX = "training_data.csv"
 DEFAULT_DATA_FOLDERS = ("pascal", "physionet2016", "circor2022")
 FORMATS_LOOKED_FOR = (
     f"{PASCAL_LABELS_FILE} (PASCAL folder), {PHYSIONET_REFERENCE} (PhysioNet training-x "
     f"folder), {PHYSIONET_FOLDER_PREFIX}*/{PHYSIONET_REFERENCE} (PhysioNet root), "
     f"{CIRCOR_INDEX} (CirCor 2022 folder)"
 )
-
-
-@dataclass(frozen=True)
-class Recording:
-    """One labelled or unlabelled recording, as training and the data tools see it.
-
-    ``label`` keeps the data set's fine condition (PASCAL ``normal``, ``murmur``,
-    ``extrahls``, ``extrastole``, ``artifact``; PhysioNet ``normal``, ``abnormal``; None
-    when unlabelled). A :class:`LabelSet` maps it to the classes one model learns, so
-    the loader never has to know which model is being trained.
-    """
-
-    path: Path
-    label: str | None
-    group: str  # unit kept inside one split: "<source>/<patient or session or file>"
-    source: str  # database: pascal-a, pascal-b, physionet-a, physionet-b, ...
-    noisy: bool  # annotators' noisy mark (PASCAL) or poor signal quality (PhysioNet SQI)
-    sample_rate: int  # Hz, from labels.csv or the .hea header
-    seconds: float  # length, from labels.csv or the .hea header
-    patient: str | None = None  # a real subject id, only where the data set has one
-    dataset: str = ""  # "pascal", "physionet2016" or "circor2022"
-    auscultation: Auscultation | None = None  # location and findings (CirCor only)
-
-    @property
-    def name(self) -> str:
-        """Stable id across machines: source and file name (split fingerprints use it)."""
-        return f"{self.source}/{self.path.name}"
 
 
 # ---------------------------------------------------------------------------- label sets
@@ -258,8 +226,6 @@ def _load_folder(folder: Path) -> list[Recording]:
     if kind == "physionet-root":
         return [r for sub in _physionet_subfolders(folder) for r in load_physionet_folder(sub)]
     if kind == "circor":
-        from train.circor import load_circor  # circor builds on this module's Recording
-
         return load_circor(folder)
     raise DataError(f"no labelled recordings in {folder}: looked for {FORMATS_LOOKED_FOR}")
 
@@ -477,43 +443,6 @@ def _quality_code(value: str, where: str) -> str:
     return value
 
 
-def wfdb_rate_and_seconds(header: Path, wav: Path) -> tuple[int, float]:
-    """Rate and length from the WFDB header, else from the WAV header."""
-    if not header.is_file():
-        return _wav_rate_and_seconds(wav)
-    with header.open(encoding="ascii", errors="replace") as handle:
-        fields = handle.readline().split()
-    # WFDB record line: name n_signals fs[/counter][(base)] n_samples ...
-    match = re.match(r"(\d+(?:\.\d+)?)", fields[2]) if len(fields) >= 4 else None
-    if match is None or not fields[3].isdigit() or float(match.group(1)) <= 0:
-        raise DataError(f"{header} line 1: expected 'name signals rate samples', got {fields}")
-    rate = round(float(match.group(1)))
-    return rate, int(fields[3]) / rate
-
-
-def _wav_rate_and_seconds(path: Path) -> tuple[int, float]:
-    try:
-        with wave.open(str(path), "rb") as wav:
-            return wav.getframerate(), wav.getnframes() / wav.getframerate()
-    except (wave.Error, EOFError) as exc:
-        raise DataError(f"{path}: not a readable WAV file ({exc}); re-download it") from None
-
-
-# ----------------------------------------------------------------------------- common
-
-
-def read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """Rows with their 1-based line numbers; blank lines skipped; CRLF tolerated."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            return [(reader.line_num, row) for row in reader if row]
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a text CSV file ({exc.reason})") from None
-    except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV ({exc})") from None
-
-
 def _parse_number(kind: Callable[[str], float], text: str, where: str):
     try:
         value = kind(text)
@@ -522,21 +451,6 @@ def _parse_number(kind: Callable[[str], float], text: str, where: str):
     if value <= 0:
         raise DataError(f"{where} must be positive, not '{text}'")
     return value
-
-
-def check_present(index: Path, paths: Sequence[Path]) -> None:
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        shown = ", ".join(p.name for p in missing[:MAX_MISSING_NAMED])
-        more = (
-            f" and {len(missing) - MAX_MISSING_NAMED} more"
-            if len(missing) > MAX_MISSING_NAMED
-            else ""
-        )
-        raise DataError(
-            f"{index} names {len(missing)} missing recording(s): {shown}{more}; "
-            "the folder is incomplete: copy or download it again"
-        )
 
 
 def _with_group(record: Recording, group: str) -> Recording:
