@@ -218,3 +218,20 @@ def test_data_list_from_an_installed_copy(installed_station: Path, data_root: Pa
                            env=outside_checkout_env(), timeout=120)
     assert given.returncode == 0, given.stderr
     assert given.stdout.splitlines()[2].split()[:1] == ["circor"]
+
+
+def test_cross_validation_folds_keep_each_child_in_one_fold(records, circor) -> None:
+    from train.splits import group_folds
+
+    folds = group_folds(records, k=5, seed=0)
+    assert sorted(r.name for fold in folds for r in fold) == sorted(r.name for r in records)
+    fold_of = {r.patient: i for i, fold in enumerate(folds) for r in fold}
+    pairs = [(row["Patient ID"], row["Additional ID"]) for row in _rows(circor)
+             if row["Additional ID"] != "nan"]
+    assert all(fold_of[one] == fold_of[other] for one, other in pairs)
+    groups = [{r.group for r in fold} for fold in folds]
+    assert all(not a & b for i, a in enumerate(groups) for b in groups[i + 1:])
+    # stratified: each fold holds about a fifth of the murmur patients (105 in all)
+    present = [len({r.patient for r in fold if r.auscultation.murmur == "Present"})
+               for fold in folds]
+    assert sum(present) == README_MURMUR["Present"] and min(present) >= 15, present

@@ -85,6 +85,37 @@ def leave_one_database_out(
     return _split_pool(rest, shares, seed, target, needed, {"test": test})
 
 
+def group_folds(
+    records: Sequence[Recording],
+    k: int = 5,
+    seed: int = 0,
+    *,
+    label_set: str | LabelSet | None = None,
+) -> list[list[Recording]]:
+    """``k`` cross-validation folds by group (patient, child, sitting), stratified by label
+    per source as :func:`split_groups` is: each group lies in exactly one fold, so a
+    child recorded under two ids (CirCor) is never tested on a fold that trained on it."""
+    if k < 2:
+        raise UsageError(f"cross-validation needs at least 2 folds, not {k}")
+    target, _ = _targets(records, label_set)
+    by_group: dict[str, list[Recording]] = defaultdict(list)
+    for record in records:
+        by_group[record.group].append(record)
+    if len(by_group) < k:
+        raise DataError(f"{len(by_group)} group(s) cannot fill {k} folds: use fewer folds")
+    source_of = _source_of_groups(by_group)
+    strata: dict[str, str] = {}
+    for source in sorted(set(source_of.values())):
+        strata.update(_strata([g for g, s in source_of.items() if s == source], by_group,
+                              target))
+    placed = _place(by_group, source_of, strata, (1.0 / k,) * k, range(k), seed)
+    fold_of = {g: i for i, groups in placed.items() for g in groups}
+    folds: list[list[Recording]] = [[] for _ in range(k)]
+    for record in records:
+        folds[fold_of[record.group]].append(record)
+    return folds
+
+
 def split_id(splits: Mapping[str, Sequence[Recording]]) -> str:
     """sha256 of the sorted recording names of each split: the same split, the same id.
 
@@ -262,7 +293,7 @@ def _place(
     by_group: Mapping[str, list[Recording]],
     source_of: Mapping[str, str],
     strata: Mapping[str, str],
-    shares: tuple[float, float, float],
+    shares: Sequence[float],
     active: Sequence[int],
     seed: int,
     attempt: int = 0,
