@@ -41,6 +41,46 @@ REQUIRED_COLUMNS = ("Patient ID", "Locations", "Murmur", "Murmur locations",
 MISSING = ("", "nan", "NaN")
 
 
+STATES = {0: "unannotated", 1: "S1", 2: "systole", 3: "S2", 4: "diastole"}
+"""The state codes of CirCor's segmentation files."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One annotated stretch of a recording: ``start``-``end`` seconds in ``state``."""
+
+    start: float
+    end: float
+    state: int  # a key of STATES
+
+    @property
+    def name(self) -> str:
+        return STATES[self.state]
+
+
+def read_segmentation(path: Path) -> list[Segment]:
+    """The expert S1/S2 segmentation of one recording, sorted by time (``.tsv``: start,
+    end, state per line); a malformed line is one DataError naming it."""
+    segments = []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        try:
+            start, end, state = float(fields[0]), float(fields[1]), int(fields[2])
+        except (IndexError, ValueError):
+            raise DataError(f"{path} line {number}: expected 'start<TAB>end<TAB>state', "
+                            f"got '{line.strip()}'") from None
+        if state not in STATES or not 0 <= start <= end:
+            raise DataError(f"{path} line {number}: state {state} from {start} to {end} s "
+                            f"is not a segment (states {min(STATES)}-{max(STATES)})")
+        segments.append(Segment(start, end, state))
+    # Some files list a stretch again after the end (50690_TV.tsv returns to 1.59 s at
+    # line 35): the expert's order is not time order.
+    return sorted(segments, key=lambda s: (s.start, s.end))
+
+
 @dataclass(frozen=True)
 class _Patient:
     pid: str

@@ -269,12 +269,22 @@ def _metrics(request: RunRequest, records, splits, outcome: Outcome, lodo: dict,
     return metrics
 
 
+DATA_SETS = {
+    "pascal": "PASCAL Classifying Heart Sounds (set A: iStethoscope iPhone app, public; set B: "
+              "DigiScope, hospital in Recife)",
+    "physionet2016": "PhysioNet/CinC 2016 training databases (a: MITHSDB, b: AADHSDB, "
+                     "c: AUTHHSDB, d: UHAHSDB, e: DLUTHSDB, f: SUAHSDB)",
+    "circor2022": "CirCor DigiScope 2022 (PhysioNet Challenge 2022; Littmann 3200, children "
+                  "and pregnant women in Brazil)",
+}
+
+
 def _describe_data(records, ls: LabelSet) -> str:
-    sources = sorted({r.source for r in ls.select(records)})
-    return (f"Real recordings from {', '.join(sources)}: PASCAL Classifying Heart Sounds "
-            "(set A: iStethoscope iPhone app, public; set B: DigiScope, hospital in Recife) "
-            "and PhysioNet/CinC 2016 training databases (a: MITHSDB, b: AADHSDB, d: UHAHSDB, "
-            "e: DLUTHSDB). "
+    """The sentence of the card's Data section: the sources and data sets trained on."""
+    chosen = ls.select(records)
+    sources = sorted({r.source for r in chosen})
+    sets = [DATA_SETS.get(d, d) for d in sorted({r.dataset for r in chosen})]
+    return (f"Real recordings from {', '.join(sources)}: {' and '.join(sets)}. "
             "All resampled by the device's integer resampler to the front end's rate.")
 
 
