@@ -50,6 +50,8 @@ SOURCES = {
     "physionet_b": "physionet2016/training-b/*.wav",
     "physionet_d": "physionet2016/training-d/*.wav",
     "physionet_e": "physionet2016/training-e/*.wav",
+    "physionet_f": "physionet2016/training-f/*.wav",
+    "circor": "circor2022/training_data/*.wav",
 }
 RATE = 2000
 FAULT_TIMEOUT_S = 0.3

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace an existing run folder")
     parser.add_argument("--labels", choices=("screening", "condition"), default="screening",
-                        help="screening: normal vs abnormal on all sources (default); "
+                        help="screening: normal vs abnormal on PASCAL and PhysioNet "
+                        "(default; CirCor carries murmur findings, not these classes); "
                         "condition: normal/murmur/extrahls/extrastole on PASCAL")
     parser.add_argument("--arch", default=DEFAULT_ARCH, metavar="NAME",
                         help=f"architecture: cnn, rnn or crnn (default {DEFAULT_ARCH}: the "
