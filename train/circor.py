@@ -1,4 +1,4 @@
-"""CirCor DigiScope 2022 (PhysioNet Challenge 2022) as :class:`~train.datasets.Recording`s.
+"""CirCor DigiScope 2022 (PhysioNet Challenge 2022) as :class:`~train.records.Recording`s.
 
 The folder holds ``training_data.csv`` (one row per patient id: murmur, its locations,
 grade and timing, outcome, campaign, ``Additional ID``) and ``training_data/`` with one
@@ -107,8 +107,8 @@ def load_circor(folder: Path) -> list[Recording]:
 def children(patients: list[_Patient]) -> dict[str, str]:
     """Patient id -> the child's group id: the smaller of two linked ids, else its own.
 
-    A link counts only when it is mutual or its partner is in the folder: an
-    ``Additional ID`` pointing outside the folder leaves the child alone here.
+    A link counts when its partner is in the folder: an ``Additional ID`` pointing
+    outside it (the challenge's other patients) leaves the child alone here.
     """
     ids = {p.pid for p in patients}
     child = {p.pid: p.pid for p in patients}
