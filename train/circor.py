@@ -92,11 +92,11 @@ def load_circor(folder: Path) -> list[Recording]:
     """Every recording of every patient in ``training_data.csv``, grouped by child."""
     index = folder / CIRCOR_INDEX
     rows = read_csv_rows(index)
-    if not rows or not set(REQUIRED_COLUMNS) <= {c.strip() for c in rows[0][1]}:
-        missing = sorted(set(REQUIRED_COLUMNS) - {c.strip() for c in (rows[0][1] if rows else [])})
+    header = [c.strip() for c in rows[0][1]] if rows else []
+    missing = sorted(set(REQUIRED_COLUMNS) - set(header))
+    if missing:
         raise DataError(f"{index} line 1: the header lacks {', '.join(missing)}; "
                         "is this CirCor's training_data.csv?")
-    header = [c.strip() for c in rows[0][1]]
     patients = [_patient(index, line, header, row) for line, row in rows[1:]]
     child = children(patients)
     listed = [(p, *rec) for p in patients for rec in _recordings_of(folder, p)]

@@ -51,9 +51,6 @@ def _wav_rate_and_seconds(path: Path) -> tuple[int, float]:
         raise DataError(f"{path}: not a readable WAV file ({exc}); re-download it") from None
 
 
-# ----------------------------------------------------------------------------- common
-
-
 def check_present(index: Path, paths: Sequence[Path]) -> None:
     missing = [p for p in paths if not p.is_file()]
     if missing:

@@ -150,7 +150,7 @@ def repo_root() -> Path:
 
 def is_checkout(root: Path) -> bool:
     """A source checkout (it has the project file), not an installed ``site-packages``."""
-    return (root / "pyproject.toml").is_file() and (root / "train").is_dir()
+    return (root / "pyproject.toml").is_file()
 
 
 def default_data_paths() -> list[Path]:

@@ -97,18 +97,11 @@ def group_folds(
     child recorded under two ids (CirCor) is never tested on a fold that trained on it."""
     if k < 2:
         raise UsageError(f"cross-validation needs at least 2 folds, not {k}")
+    groups = len({r.group for r in records})
+    if groups < k:
+        raise DataError(f"{groups} group(s) cannot fill {k} folds: use fewer folds")
     target, _ = _targets(records, label_set)
-    by_group: dict[str, list[Recording]] = defaultdict(list)
-    for record in records:
-        by_group[record.group].append(record)
-    if len(by_group) < k:
-        raise DataError(f"{len(by_group)} group(s) cannot fill {k} folds: use fewer folds")
-    source_of = _source_of_groups(by_group)
-    strata: dict[str, str] = {}
-    for source in sorted(set(source_of.values())):
-        strata.update(_strata([g for g, s in source_of.items() if s == source], by_group,
-                              target))
-    placed = _place(by_group, source_of, strata, (1.0 / k,) * k, range(k), seed)
+    placed = _placement(records, (1.0 / k,) * k, seed, target)
     fold_of = {g: i for i, groups in placed.items() for g in groups}
     folds: list[list[Recording]] = [[] for _ in range(k)]
     for record in records:
@@ -253,18 +246,29 @@ def _assign(
     attempt: int = 0,
 ) -> dict[str, str]:
     """group -> split name; see :func:`_place` for the rule."""
+    placed = _placement(records, shares, seed, target, attempt)
+    return {g: SPLITS[i] for i, groups in placed.items() for g in groups}
+
+
+def _placement(
+    records: Sequence[Recording],
+    shares: Sequence[float],
+    seed: int,
+    target: TargetFn,
+    attempt: int = 0,
+) -> dict[int, list[str]]:
+    """Index of each share with a share > 0 -> its groups: the records grouped, each
+    group given its stratum within its source, then placed by :func:`_place`."""
     by_group: dict[str, list[Recording]] = defaultdict(list)
     for record in records:
         by_group[record.group].append(record)
     source_of = _source_of_groups(by_group)
     active = [i for i, share in enumerate(shares) if share > 0]
-    per_source = Counter(source_of.values())
     strata: dict[str, str] = {}
-    for source in per_source:
+    for source in Counter(source_of.values()):
         groups = [g for g, s in source_of.items() if s == source]
         strata.update(_strata(groups, by_group, target))
-    placed = _place(by_group, source_of, strata, shares, active, seed, attempt)
-    return {g: SPLITS[i] for i, groups in placed.items() for g in groups}
+    return _place(by_group, source_of, strata, shares, active, seed, attempt)
 
 
 def _source_of_groups(by_group: Mapping[str, list[Recording]]) -> dict[str, str]:
