@@ -35,7 +35,7 @@ def lint(c: Context) -> None:
 @task(help={"k": "only tests matching this pytest -k expression"})
 def test(c: Context, k: str = "") -> None:
     """Run the test suite (the same command CI runs)."""
-    c.run("python3 -m pytest" + (f" -k '{k}'" if k else ""))
+    c.run("python -m pytest" + (f" -k '{k}'" if k else ""))
 
 
 @task(iterable=["data"], help={"data": "a data folder (repeatable)"})

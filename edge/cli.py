@@ -83,11 +83,41 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "edge.commands.image",
         "build a Raspberry Pi SD-card image with the station inside, or write one to a card "
         "(host, root)",
-        "Debian bookworm arm64 for Raspberry Pi 3 and 4 with heartsound installed in the release "
+        "Debian trixie arm64 for Raspberry Pi 3, 4 and 5 with heartsound installed in the release "
         "layout `heartsound deploy` manages ('image build'); 'image flash' writes an image to "
         "a card safely and proves it by reading it back.",
     ),
 }
+
+
+# Optional modules -> the extra that installs them: a command that needs one the install
+# lacks ends in one line naming the extra, not a traceback.
+EXTRA_OF_MODULE: dict[str, str] = {
+    "serial": "serial", "tensorflow": "train", "keras": "train", "tf_keras": "train",
+    "scipy": "train", "tqdm": "train", "yaml": "train", "matplotlib": "report",
+    "pyaudio": "mic", "fabric": "deploy", "invoke": "deploy", "paramiko": "deploy",
+    "ray": "cluster", "tflite_micro": "firmware",
+}
+
+
+def missing_extra_line(command: str, exc: ModuleNotFoundError) -> str | None:
+    """The one line for a command stopped by a missing optional module, or None when the
+    module is not one an extra provides (a real bug: the traceback is then kept)."""
+    module = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(module)
+    if extra is None:
+        return None
+    return (f"'{command}' needs the Python module '{module}', which this install lacks: "
+            f"pip install 'heartsound[{extra}]'")
+
+
+def package_version() -> str:
+    """The installed distribution's version (a checkout without an install says so)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("heartsound")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 # Host-only modules a device command reaches by name, so that nothing under edge/ but this
@@ -119,6 +149,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "6 bad feature spec, 7 device problem, 8 download problem, 130 Ctrl-C, 143 stopped by "
         "SIGTERM (screen: results printed so far are complete and logged).",
     )
+    parser.add_argument("--version", action="version", version=f"heartsound {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, short, description) in COMMANDS.items():
         cmd = sub.add_parser(name, help=short, description=description)
@@ -180,6 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HeartsoundError as exc:
         print(f"heartsound: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        line = missing_extra_line(args.command, exc)
+        if line is None:
+            raise
+        print(f"heartsound: {line}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("heartsound: interrupted", file=sys.stderr)
         return 130

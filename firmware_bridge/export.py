@@ -22,6 +22,7 @@ there is one way to produce these files. Layout::
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
 from dataclasses import dataclass
@@ -207,45 +208,43 @@ def _copy(src: Path, dst: Path) -> None:
     _write(dst, src.read_text())
 
 
-def _prepare(out_dir: Path, force: bool, update: bool) -> None:
+def _check_out(out_dir: Path, force: bool, update: bool) -> None:
     if out_dir.exists() and not (force or update):
         raise UsageError(f"{out_dir} exists: choose another --out or pass --force to "
                          "replace it")
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir} is a file, not a folder: choose another --out")
-    if out_dir.exists() and force and not update:
+
+
+def _staging(out_dir: Path) -> Path:
+    """A fresh folder beside ``out_dir``: a new export is written there and renamed into
+    place at the end, so a failed one leaves nothing that blocks the rerun."""
+    stage = out_dir.parent / f".{out_dir.name}.part"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    return stage
+
+
+def _publish(stage: Path, out_dir: Path) -> None:
+    if out_dir.exists():
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stage.rename(out_dir)
 
 
 def measure_arena(model: bytes) -> int:
     """Smallest arena TFLite Micro allocates and runs the model in (child processes)."""
+    if importlib.util.find_spec("tflite_micro") is None:
+        raise UsageError("measuring the arena needs TFLite Micro's interpreter (the "
+                         "tflite-micro package): pip install 'heartsound[firmware]', or give "
+                         "the size with --arena BYTES")
     from convert.tflm import smallest_arena
 
     return smallest_arena(model)
 
 
-def export_firmware(model: bytes, out_dir: Path, *, name: str = "model",
-                    arena_bytes: int | None = None, all_ops: bool = False,
-                    force: bool = False, update: bool = False,
-                    tflm_dir: Path | None = None, with_tflm: bool = True) -> Export:
-    """Write the firmware tree for ``model`` into ``out_dir`` (see the module docstring).
-
-    ``arena_bytes`` None measures the arena with the TFLite Micro interpreter (seconds) and
-    adds :data:`ARENA_MARGIN`. ``update`` rewrites an existing tree in place, touching only
-    changed files (what the build does); ``force`` replaces it.
-    """
-    meta = check_int8_model(model, name)
-    ops = None if all_ops else tflm_tree.model_ops(model, tflm_dir)
-    if ops is not None:
-        tflm_tree.check_model_ops(model, tflm_dir)
-    out_dir = Path(out_dir)
-    _prepare(out_dir, force, update)
-    measured = None
-    if arena_bytes is None:
-        measured = measure_arena(model)
-        arena_bytes = measured + ARENA_MARGIN
-    arena_bytes = -(-int(arena_bytes) // ARENA_ALIGN) * ARENA_ALIGN
+def _write_tree(out_dir: Path, model: bytes, meta: ModelMeta, ops: tuple[str, ...] | None,
+                arena_bytes: int, measured: int | None, tree: Path | None) -> tuple[str, ...]:
+    """Every file of the export under ``out_dir``; returns the names in src/."""
     src = out_dir / "src"
     _write(src / "model_data.cc", model_source(model))
     _write(src / "hs_model.h", model_header(model, meta, arena_bytes, measured is not None))
@@ -259,19 +258,55 @@ def export_firmware(model: bytes, out_dir: Path, *, name: str = "model",
         for file in files:
             _copy(APP_DIR / file, out_dir / "boards" / board / file)
     flags = tflm_tree.tflm_flags()
-    if with_tflm:
-        tree = (tflm_dir or tflm_tree.default_tflm_dir()).resolve()
+    if tree is not None:
         tflm_tree.copy_tflm_sources(tree, out_dir / "lib" / "tflite-micro")
         _write(out_dir / "lib" / "tflite-micro" / "library.json",
                _tflm_library_json(tflm_tree.TFLM_REVISION, flags))
     _write(out_dir / "platformio.ini", platformio_ini(flags))
-    result = Export(out_dir.resolve(), hashlib.sha256(model).hexdigest(),
-                    hashlib.sha256(meta.spec.to_json().encode()).hexdigest(), arena_bytes,
-                    measured, tuple(ops or tflm_tree.firmware_ops()),
-                    tuple(sorted(str(p.relative_to(out_dir)) for p in src.iterdir())))
-    _write(out_dir / "export.json", json.dumps({
-        "model": name, "model_sha256": result.model_sha256, "model_version": meta.version,
-        "spec_sha256": result.spec_sha256, "spec": json.loads(meta.spec.to_json()),
-        "arena_bytes": arena_bytes, "arena_measured": measured, "ops": list(result.ops),
-        "tflm_revision": tflm_tree.TFLM_REVISION, "src": list(result.files)}, indent=2) + "\n")
+    return tuple(sorted(str(p.relative_to(out_dir)) for p in src.iterdir()))
+
+
+def export_firmware(model: bytes, out_dir: Path, *, name: str = "model",
+                    arena_bytes: int | None = None, all_ops: bool = False,
+                    force: bool = False, update: bool = False,
+                    tflm_dir: Path | None = None, with_tflm: bool = True) -> Export:
+    """Write the firmware tree for ``model`` into ``out_dir`` (see the module docstring).
+
+    ``arena_bytes`` None measures the arena with the TFLite Micro interpreter (seconds) and
+    adds :data:`ARENA_MARGIN`. ``update`` rewrites an existing tree in place, touching only
+    changed files (what the build does); ``force`` replaces it. A new or replacing export
+    is written beside ``out_dir`` and renamed into place only once complete.
+    """
+    meta = check_int8_model(model, name)
+    ops = None if all_ops else tflm_tree.model_ops(model, tflm_dir)
+    if ops is not None:
+        tflm_tree.check_model_ops(model, tflm_dir)
+    out_dir = Path(out_dir).resolve()
+    _check_out(out_dir, force, update)
+    tree = (tflm_dir or tflm_tree.default_tflm_dir()).resolve()
+    if with_tflm:
+        tflm_tree.check_tflm_dir(tree)
+    measured = None
+    if arena_bytes is None:
+        measured = measure_arena(model)
+        arena_bytes = measured + ARENA_MARGIN
+    arena_bytes = -(-int(arena_bytes) // ARENA_ALIGN) * ARENA_ALIGN
+    target = out_dir if update else _staging(out_dir)
+    try:
+        files = _write_tree(target, model, meta, ops, arena_bytes, measured, tree if with_tflm
+                            else None)
+        result = Export(out_dir, hashlib.sha256(model).hexdigest(),
+                        hashlib.sha256(meta.spec.to_json().encode()).hexdigest(), arena_bytes,
+                        measured, tuple(ops or tflm_tree.firmware_ops()), files)
+        _write(target / "export.json", json.dumps({
+            "model": name, "model_sha256": result.model_sha256, "model_version": meta.version,
+            "spec_sha256": result.spec_sha256, "spec": json.loads(meta.spec.to_json()),
+            "arena_bytes": arena_bytes, "arena_measured": measured, "ops": list(result.ops),
+            "tflm_revision": tflm_tree.TFLM_REVISION, "src": list(result.files)},
+            indent=2) + "\n")
+        if not update:
+            _publish(target, out_dir)
+    finally:
+        if target != out_dir:
+            shutil.rmtree(target, ignore_errors=True)
     return result

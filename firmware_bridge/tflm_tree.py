@@ -39,9 +39,10 @@ def check_tflm_dir(tflm_dir: Path) -> None:
     marker = tflm_dir / "tensorflow" / "lite" / "micro" / "micro_interpreter.h"
     if not marker.is_file():
         raise FirmwareBuildError(
-            f"{tflm_dir} is not a TFLite Micro source tree (no {marker.name}): set "
-            f"{TFLM_DIR_ENV} to the tree made by create_tflm_tree.py "
-            "(../shared/third_party/tflite-micro)")
+            f"{tflm_dir} is not a TFLite Micro source tree (no {marker.name}): pass "
+            f"--tflm-tree DIR or set {TFLM_DIR_ENV} to the tree made by create_tflm_tree.py "
+            f"(revision {TFLM_REVISION[:12]}; in a checkout ../shared/third_party/"
+            "tflite-micro), or leave its sources out with --no-tflm")
 
 
 # ---- operators the app registers ---------------------------------------------------------
@@ -115,10 +116,21 @@ def copy_tflm_sources(tflm_dir: Path, dest: Path) -> int:
 
 
 def builtin_names(tflm_dir: Path | None = None) -> dict[int, str]:
-    """BuiltinOperator code -> name, from the TFLite Micro tree's own schema header."""
+    """BuiltinOperator code -> name: from the TFLite Micro tree's own schema header, or,
+    without a tree (a pip install), from the schema the tflite-micro package carries."""
     tflm_dir = (tflm_dir or default_tflm_dir()).resolve()
     schema = tflm_dir / "tensorflow" / "lite" / "schema" / "schema_generated.h"
-    return {int(code): name for name, code in _BUILTIN_ENUM.findall(schema.read_text())}
+    if schema.is_file():
+        return {int(code): name for name, code in _BUILTIN_ENUM.findall(schema.read_text())}
+    try:
+        from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as wheel
+    except ModuleNotFoundError:
+        raise FirmwareBuildError(
+            f"no TFLite Micro to read operator names from: no source tree at {tflm_dir} and "
+            "no tflite-micro package; pass --tflm-tree DIR (the pinned tree, revision "
+            f"{TFLM_REVISION[:12]}) or pip install 'heartsound[firmware]'") from None
+    return {v: k for k, v in vars(wheel.BuiltinOperator).items()
+            if k.isupper() and isinstance(v, int)}
 
 
 def model_ops(model: bytes, tflm_dir: Path | None = None) -> tuple[str, ...]:

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine (as root, or with sudo) for heartsound: the system
-# packages the tests and firmware builds need, then the project with every extra.
-# Idempotent: a second run installs nothing new. A Raspberry Pi needs none of this:
-# it installs the wheel with the `edge` extra only (see README, "On the device").
+# packages the tests and firmware builds need, then the project with every extra in its
+# own virtual environment, .venv (Debian's Python is externally managed, PEP 668: pip
+# refuses to install into it). Use it with `. .venv/bin/activate`. Idempotent: a second
+# run installs nothing new. A Raspberry Pi needs none of this: it installs the wheel with
+# the `edge` extra only (see README, "On the device").
+#
+# PYTHON names the interpreter the venvs are made from; by default Debian's own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
+  python3 python3-venv python3-dev  # the project's .venv, from Debian's Python
   gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib  # Cortex-M4 builds
   qemu-system-arm              # emulated Cortex-M4 (mps2-an386); qemu-system-aarch64 boots the image
   fdisk dosfstools mtools e2fsprogs  # real card images on loop devices (image flash tests)
@@ -43,9 +48,14 @@ if [ ! -e "$BINFMT/qemu-aarch64" ]; then
   sudo_if_needed update-binfmts --enable qemu-aarch64
 fi
 
-PYTHON=${PYTHON:-python3}
-echo "setup: installing heartsound with all extras into $($PYTHON -c 'import sys; print(sys.prefix)')"
-$PYTHON -m pip install -q --disable-pip-version-check -e ".[edge,mic,train,deploy,serial,dev,cluster]"
+PYTHON=${PYTHON:-/usr/bin/python3}
+VENV=.venv
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV from $PYTHON ($($PYTHON --version))"
+  $PYTHON -m venv "$VENV"
+fi
+echo "setup: installing heartsound with all extras into $VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[edge,mic,train,deploy,serial,dev,cluster]"
 
 # The interpreter older Raspberry Pi images run (tflite-runtime 2.14 needs numpy<2), in its
 # own environment: the tests prove it gives the same bits as ai-edge-litert.
@@ -54,3 +64,4 @@ if [ ! -x .venv-tflrt/bin/python ]; then
   $PYTHON -m venv .venv-tflrt
   .venv-tflrt/bin/pip install -q --disable-pip-version-check "tflite-runtime==2.14.0" "numpy<2"
 fi
+echo "setup: done; activate the environment with: . $VENV/bin/activate"

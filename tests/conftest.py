@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.venv_site import share_environment_site
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_ENV = "HEARTSOUND_DATA"
 EXPECTED_FOLDERS = ("pascal", "physionet2016", "circor2022")
@@ -55,6 +57,7 @@ def installed_station(tmp_path_factory) -> Path:
     venv = where / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
                    check=True, timeout=120)
+    share_environment_site(venv)
     subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--no-index",
                     "--no-deps", "--force-reinstall", "--disable-pip-version-check", str(wheel)],
                    check=True, timeout=300)

@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.venv_site import environment_site
+
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")
 START_TIMEOUT_S = 10.0
@@ -37,11 +39,13 @@ class SshServer:
     """sshd -D on a free loopback port; `stop` ends it and every session it forked."""
 
     def __init__(self, folder: Path, *, tmpfs: tuple[Path, str] | None = None,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, share_environment: bool = False) -> None:
         """`tmpfs=(folder, size)`: run sshd in its own mount namespace where `folder` is a
         tmpfs of that size (a small disk the device can fill), invisible to the host.
         Several servers given the same folder are devices with the same paths but each
-        its own disk, as a fleet of Pis. `read_only`: that disk is mounted read-only."""
+        its own disk, as a fleet of Pis. `read_only`: that disk is mounted read-only.
+        `share_environment`: the sessions import this environment's packages (for deploys
+        with --system-site-packages; see `_session_environment`)."""
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -60,7 +64,8 @@ class SshServer:
             "UsePAM no", "StrictModes no", "PasswordAuthentication no",
             "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
             "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",
-            "LogLevel ERROR", "MaxStartups 50", ""]))
+            "LogLevel ERROR", "MaxStartups 50",
+            *(_session_environment() if share_environment else []), ""]))
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         self.log = open(folder / "sshd.log", "wb")  # noqa: SIM115 - closed in stop()
         cmd = [SSHD, "-D", "-e", "-f", str(self.config)]
@@ -111,3 +116,13 @@ class SshServer:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def _session_environment() -> list[str]:
+    """sshd's SetEnv for the device's sessions: this environment's packages on
+    PYTHONPATH, so that a device venv made with --system-site-packages reuses this
+    machine's numpy and LiteRT when the tests run in a venv (see tests/venv_site.py).
+    Only for devices whose deploys reuse them: on PYTHONPATH they come before a release's
+    own, and a deploy that installs its own numpy would find it already there."""
+    site = environment_site()
+    return [f"SetEnv PYTHONPATH={site}"] if site else []

@@ -69,3 +69,35 @@ def test_missing_data_folder_is_one_line_with_data_exit_code(tmp_path):
     assert result.returncode == 5
     assert result.stderr.count("\n") == 1 and "nowhere" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_version_names_the_installed_distribution():
+    from importlib.metadata import version
+
+    result = _heartsound("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"heartsound {version('heartsound')}"
+
+
+def _without(modules: tuple[str, ...], *args: str) -> subprocess.CompletedProcess:
+    """The command in a child whose import of ``modules`` fails as it does where the
+    extra is not installed (``sys.modules[name] = None``: ModuleNotFoundError)."""
+    code = ("import sys\n"
+            f"for name in {modules!r}: sys.modules[name] = None\n"
+            "from edge.cli import main\n"
+            f"sys.exit(main({list(args)!r}))\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize(("modules", "args", "extra"), [
+    (("serial",), ("firmware", "identify", "--port", "/dev/null"), "serial"),
+    (("tensorflow", "keras", "tf_keras"), ("train", "--out", "unused-run"), "train"),
+])
+def test_a_missing_extra_is_one_line_naming_it(modules, args, extra, tmp_path):
+    result = _without(modules, *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"pip install 'heartsound[{extra}]'" in lines[0]
+    assert not (tmp_path / "unused-run").exists()

@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from edge.tables import tables_for
 from firmware_bridge import build, tflm_tree
 from firmware_bridge.export import ARENA_MARGIN, export_firmware
 from firmware_bridge.tables_header import render_header
+from firmware_bridge.tflm_tree import FirmwareBuildError
+from tests.conftest import outside_checkout_env
 
 ARM_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
 _DEFINE = re.compile(r"^#define (\w+) (.+?) /\*", re.MULTILINE)
@@ -200,3 +203,46 @@ def test_force_replaces_and_arena_can_be_given(tmp_path):
                              with_tflm=False)
     assert not (out / "stale").exists() and result.arena_measured is None
     assert result.arena_bytes == 30000 + (-30000 % 16)
+
+
+# ---- from a pip install: no checkout, no TFLite Micro tree beside it -----------------------
+def _installed_export(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in outside_checkout_env().items() if k != tflm_tree.TFLM_DIR_ENV}
+    return subprocess.run([str(venv / "bin/heartsound"), "firmware", "export", *args],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_export_from_the_wheel_without_the_tree(installed_station, tmp_path):
+    """A pip install has the app sources; without the TFLite Micro tree it exports with
+    --no-tflm (op names from the tflite-micro package), and asks for --tflm-tree otherwise,
+    in one line and without leaving a folder behind."""
+    out = tmp_path / "fw"
+    refused = _installed_export(installed_station, tmp_path, "--out", str(out), "--arena",
+                                "30000")
+    assert refused.returncode == FirmwareBuildError.exit_code, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "--tflm-tree" in refused.stderr and "--no-tflm" in refused.stderr
+    assert not out.exists() and not list(tmp_path.glob(".fw*"))
+    for extra in ((), ("--all-ops",)):
+        done = _installed_export(installed_station, tmp_path, "--out", str(out), "--arena",
+                                 "30000", "--no-tflm", "--force", *extra)
+        assert done.returncode == 0, done.stderr
+        assert (out / "src" / "model_ops.h").is_file() and not (out / "lib").exists()
+    with_tree = _installed_export(installed_station, tmp_path, "--out", str(tmp_path / "full"),
+                                  "--arena", "30000", "--tflm-tree",
+                                  str(tflm_tree.default_tflm_dir()))
+    assert with_tree.returncode == 0, with_tree.stderr
+    assert (tmp_path / "full" / "lib" / "tflite-micro" / "library.json").is_file()
+
+
+def test_arena_without_tflite_micro_is_one_line(tmp_path):
+    code = ("import sys; sys.modules['tflite_micro'] = None\n"
+            "from edge.cli import main\n"
+            f"sys.exit(main(['firmware', 'export', '--out', {str(tmp_path / 'fw')!r}, "
+            "'--no-tflm', '--all-ops']))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == UsageError.exit_code, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "heartsound[firmware]" in result.stderr and "--arena" in result.stderr
+    assert not (tmp_path / "fw").exists()

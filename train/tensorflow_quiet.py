@@ -19,7 +19,7 @@ from types import ModuleType
 
 def import_tensorflow() -> ModuleType:
     """``tensorflow``, imported with fd 2 diverted (a no-op once it is loaded)."""
-    if "tensorflow" in sys.modules:
+    if sys.modules.get("tensorflow") is not None:
         return sys.modules["tensorflow"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()

@@ -227,7 +227,7 @@ def _run_logged(cmd: list[str], log: Path, **kw) -> subprocess.CompletedProcess:
     which mmdebstrap's own last lines only summarise)."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     first_error: list[str] = []
-    with open(log, "w") as out, subprocess.Popen(
+    with open(log, "w", buffering=1) as out, subprocess.Popen(  # line by line: tail -f
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw) as proc:
         for line in proc.stdout:
             out.write(line)

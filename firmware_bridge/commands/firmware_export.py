@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="register every op of app/model_ops.h, not only the model's")
     parser.add_argument("--no-tflm", action="store_true",
                         help="leave TFLite Micro's sources out (CMake builds use the tree)")
+    parser.add_argument("--tflm-tree", type=Path, metavar="DIR",
+                        help="the pinned TFLite Micro source tree (default: $HEARTSOUND_TFLM_DIR, "
+                        "or ../shared/third_party/tflite-micro beside a checkout); a pip "
+                        "install has none: pass this or --no-tflm")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -40,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     path = args.model or default_model_path()
     result = export_firmware(model_bytes(path), args.out, name=str(path),
                              arena_bytes=args.arena, all_ops=args.all_ops, force=args.force,
-                             with_tflm=not args.no_tflm)
+                             with_tflm=not args.no_tflm, tflm_dir=args.tflm_tree)
     info = {"out": str(result.out_dir), "model": str(path), "model_sha256": result.model_sha256,
             "spec_sha256": result.spec_sha256, "arena_bytes": result.arena_bytes,
             "arena_measured": result.arena_measured, "ops": list(result.ops),

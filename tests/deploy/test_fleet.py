@@ -176,7 +176,8 @@ def fleet(tmp_path_factory):
                             f"mount -t tmpfs -o size=1m tmpfs {disk}"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a mount namespace here ({probe.stderr!r})")
-    servers = {name: SshServer(base / name, tmpfs=(disk, DISK), read_only=name == "c")
+    servers = {name: SshServer(base / name, tmpfs=(disk, DISK), read_only=name == "c",
+                                 share_environment=True)
                for name in "abc"}
     known = base / "known_hosts"
     known.write_text("".join(s.known_hosts.read_text() for s in servers.values()))

@@ -77,7 +77,7 @@ def broken_bundle(tmp_path_factory, project_wheel):
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    server = SshServer(tmp_path_factory.mktemp("sshd"))
+    server = SshServer(tmp_path_factory.mktemp("sshd"), share_environment=True)
     yield server
     server.stop()
 
@@ -377,7 +377,7 @@ def small_disk(tmp_path_factory):
                             f"mount -t tmpfs -o size=1m tmpfs {disk}"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a mount namespace here ({probe.stderr!r})")
-    server = SshServer(folder / "sshd", tmpfs=(disk, "24m"))
+    server = SshServer(folder / "sshd", tmpfs=(disk, "24m"), share_environment=True)
     yield server, disk
     server.stop()
 
