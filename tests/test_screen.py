@@ -27,7 +27,7 @@ from tests.test_interpreter import _second_python  # one way to find the older-P
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((REPO / "examples").glob("*.wav"))
-VOLATILE = ("latency_ms", "interpreter")
+VOLATILE = ("latency_ms", "interpreter", "time_utc")
 
 
 def _screen(*args: str, home: Path, python: str = sys.executable,
@@ -351,3 +351,20 @@ def test_coarse_audio_is_unsure_and_says_what_it_measured(data_root, tmp_path):
     assert text.returncode == 0 and len(text.stdout.splitlines()) == 1
     assert "UNSURE - too coarse. effective resolution 2.6 bits (signal 2.2 steps rms, " \
            "8-bit samples" in text.stdout
+
+
+def test_json_row_carries_the_patient_and_time_the_log_stores(tmp_path):
+    """--json says what the log's record says: patient id and screening time (UTC); the
+    log names the file by its absolute path, whatever folder the command ran in."""
+    from edge.screening_log import ScreeningLog
+
+    db = tmp_path / "log.db"
+    relative = os.path.relpath(EXAMPLES[0], REPO)
+    row = _json_lines(_screen(relative, "--json", "--patient", "P-7", "--db", str(db),
+                              home=tmp_path))[0]
+    assert row["patient_id"] == "P-7" and row["file"] == relative
+    with ScreeningLog(db) as log:
+        (stored,) = log.recent()
+    assert stored.time_utc == row["time_utc"] and stored.patient_id == "P-7"
+    assert stored.file == str(EXAMPLES[0])
+

@@ -25,10 +25,16 @@ from edge.screening import ScreeningResult
 __all__ = ["CSV_FIELDS", "RowWriter", "done_files", "open_writer", "read_rows"]
 
 ERROR_FIELDS = ("error", "exit_code")
+#: What a row says beside the result: the patient and the time (UTC), as the log does.
+CONTEXT_FIELDS = ("patient_id", "time_utc")
+RESULT_FIELDS = tuple(f.name for f in fields(ScreeningResult))
 #: Columns of a batch CSV: the JSON row's fields, then the error and its exit code.
-CSV_FIELDS = tuple(f.name for f in fields(ScreeningResult)) + ERROR_FIELDS
+CSV_FIELDS = RESULT_FIELDS + CONTEXT_FIELDS + ERROR_FIELDS
+#: The columns of CSVs written before rows carried CONTEXT_FIELDS: --resume continues them.
+OLD_CSV_FIELDS = RESULT_FIELDS + ERROR_FIELDS
 #: CSV columns kept as text; every other column holds a JSON value (number, object, list).
-TEXT_FIELDS = frozenset({"file", "decision", "model_sha256", "interpreter", "error"})
+TEXT_FIELDS = frozenset({"file", "decision", "model_sha256", "interpreter", "error",
+                         *CONTEXT_FIELDS})
 STDOUT = "-"
 
 
@@ -49,9 +55,10 @@ def _csv_value(name: str, cell: str):
 class RowWriter:
     """Writes one row per recording, in JSON Lines or CSV, flushed row by row."""
 
-    def __init__(self, stream: IO[str], fmt: str, *, header: bool, owned: bool = True) -> None:
-        self.stream, self.fmt, self.owned = stream, fmt, owned
-        self._csv = csv.DictWriter(stream, CSV_FIELDS, lineterminator="\n") if fmt == "csv" \
+    def __init__(self, stream: IO[str], fmt: str, *, header: bool, owned: bool = True,
+                 columns: tuple[str, ...] = CSV_FIELDS) -> None:
+        self.stream, self.fmt, self.owned, self.columns = stream, fmt, owned, columns
+        self._csv = csv.DictWriter(stream, columns, lineterminator="\n") if fmt == "csv" \
             else None
         if self._csv is not None and header:
             self._csv.writeheader()
@@ -61,7 +68,7 @@ class RowWriter:
             self.stream.write(json.dumps(row) + "\n")
         else:
             full = {"exit_code": 0, **row}
-            self._csv.writerow({k: _csv_cell(full.get(k)) for k in CSV_FIELDS})
+            self._csv.writerow({k: _csv_cell(full.get(k)) for k in self.columns})
         self.stream.flush()
 
     def close(self) -> None:
@@ -82,7 +89,16 @@ def open_writer(dest: str, fmt: str, *, append: bool = False,
     except OSError as exc:
         raise DeviceError(f"{dest}: cannot write the output ({exc.strerror}); choose a "
                           "writable path") from None
-    return RowWriter(stream, fmt, header=fresh)
+    columns = CSV_FIELDS if fresh or fmt != "csv" else _existing_columns(path)
+    return RowWriter(stream, fmt, header=fresh, columns=columns)
+
+
+def _existing_columns(path: Path) -> tuple[str, ...]:
+    """The columns of the CSV being continued: rows appended to a file an older version
+    wrote keep its columns (read_rows has checked the header)."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        header = tuple(next(csv.reader(fh), ()))
+    return OLD_CSV_FIELDS if header == OLD_CSV_FIELDS else CSV_FIELDS
 
 
 def _drop_partial_line(path: Path) -> bool:
@@ -116,7 +132,7 @@ def read_rows(path: str | Path, fmt: str) -> list[dict]:
 
 def _read_csv(path: Path, text: str) -> list[dict]:
     reader = csv.DictReader(text.splitlines())
-    if tuple(reader.fieldnames or ()) != CSV_FIELDS:
+    if tuple(reader.fieldnames or ()) not in (CSV_FIELDS, OLD_CSV_FIELDS):
         raise UsageError(f"{path}: its header is not a heartsound batch CSV's; give --resume "
                          "the CSV file an earlier run wrote")
     rows = []

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from edge.commands.screen_shared import log_record, wav_files
+from edge.commands.screen_shared import log_record, stamped, wav_files
 from edge.errors import HeartsoundError, Stopped, UsageError
 
 MIC_DEFAULT_SECONDS = 20.0
@@ -113,13 +113,20 @@ def _screen_files(args, screener, results: _Results) -> int:
         try:
             result = _screen_file(args, screener, path)
         except HeartsoundError as exc:
-            if len(args.paths) == 1 and path == args.paths[0]:
-                raise
-            print(f"heartsound: {exc}", file=sys.stderr)
+            _report_failure(args, path, exc)
             first_error = first_error or exc.exit_code
             continue
         results.put(result)
     return first_error
+
+
+def _report_failure(args: argparse.Namespace, path: Path, exc: HeartsoundError) -> None:
+    """A recording that fails: one line on stderr and, with --json, the error row that
+    batch screening writes too (one behaviour, with or without --workers)."""
+    print(f"heartsound: {exc}", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps({"file": str(path), "error": str(exc), "exit_code": exc.exit_code}),
+              flush=True)
 
 
 @contextlib.contextmanager
@@ -207,7 +214,7 @@ class _Results:
         from edge.screening import describe
 
         result, pcm = item
-        row = result.to_dict()
+        row = stamped(self.args, result.to_dict())
         record = log_record(self.args, self.screener, row, pcm)
         if self._first is None and self.args.report:
             self._first = (result, pcm, record)

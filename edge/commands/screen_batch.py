@@ -23,9 +23,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from edge import decision
 from edge.batch.output import STDOUT, RowWriter, done_files, open_writer
 from edge.batch.pool import Job, Outcome, jobs_for, screen_local
-from edge.commands.screen_shared import log_record, wav_files
+from edge.commands.screen_shared import log_record, stamped, wav_files
 from edge.errors import UsageError
 from edge.screening import ScreeningResult, describe
 
@@ -62,7 +63,11 @@ def _run_jobs(args, screener, jobs: list[Job], fmt: str | None, dest: str | None
         writer = open_writer(dest, fmt, append=bool(args.resume), stdout=out) if fmt else None
         if writer is not None:
             stack.callback(writer.close)
-        return _drain(outcomes, writer, store, bar, notify, out)
+        tally = _Tally()
+        try:
+            return _drain(args, outcomes, writer, store, (bar, notify, tally), out)
+        finally:
+            print(tally.summary(dest), file=sys.stderr, flush=True)
 
 
 def _output(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -128,20 +133,49 @@ def _storer(args: argparse.Namespace, screener, log, job_id: str | None):
     """A function that stores one outcome's screening in the log."""
     from edge.screening_log import screening_uuid
 
-    def store(outcome: Outcome) -> None:
+    def store(outcome: Outcome, row: dict) -> None:
         uid = screening_uuid(job_id, outcome.name, outcome.sha256) \
             if job_id and outcome.sha256 else None
-        log.add(log_record(args, screener, outcome.result, outcome.pcm, uuid=uid))
+        log.add(log_record(args, screener, row, outcome.pcm, uuid=uid))
 
     return store
 
 
-def _drain(outcomes, writer: RowWriter | None, store, bar, notify, out) -> int:
+#: The summary's word for each decision (what the clinician does next).
+SUMMARY_WORDS = {decision.ABNORMAL: "refer", decision.NORMAL: "no referral",
+                 decision.UNSURE: "retake"}
+
+
+class _Tally:
+    """Counts per decision and errors, for the one-line summary a batch ends with."""
+
+    def __init__(self) -> None:
+        self.decisions: dict[str, int] = dict.fromkeys(SUMMARY_WORDS, 0)
+        self.errors = 0
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.ok:
+            self.decisions[outcome.result["decision"]] += 1
+        else:
+            self.errors += 1
+
+    def summary(self, dest: str | None) -> str:
+        done = sum(self.decisions.values())
+        parts = [f"{n} {SUMMARY_WORDS[d]}" for d, n in self.decisions.items()]
+        where = f"; rows in {dest}" if dest not in (None, STDOUT) else ""
+        return (f"heartsound: screened {done} recording{'s' * (done != 1)}: "
+                f"{', '.join(parts)}; {self.errors} error{'s' * (self.errors != 1)}{where}")
+
+
+def _drain(args, outcomes, writer: RowWriter | None, store, progress, out) -> int:
+    bar, notify, tally = progress
     first_error: tuple[int, int] | None = None  # (input index, exit code)
     for outcome in outcomes:
+        row = stamped(args, outcome.result) if outcome.ok else outcome.row()
         if outcome.ok and store is not None:
-            store(outcome)
-        _emit(outcome, writer, notify, out)
+            store(outcome, row)
+        _emit(outcome, row, writer, notify, out)
+        tally.add(outcome)
         if not outcome.ok and (first_error is None or outcome.index < first_error[0]):
             first_error = (outcome.index, outcome.exit_code)
         if bar is not None:
@@ -149,11 +183,11 @@ def _drain(outcomes, writer: RowWriter | None, store, bar, notify, out) -> int:
     return first_error[1] if first_error else 0
 
 
-def _emit(outcome: Outcome, writer: RowWriter | None, notify, out) -> None:
+def _emit(outcome: Outcome, row: dict, writer: RowWriter | None, notify, out) -> None:
     if not outcome.ok:
         notify(f"heartsound: {outcome.error}")
     if writer is not None:
-        writer.write(outcome.row())
+        writer.write(row)
     elif outcome.ok:
         print(describe(ScreeningResult(**outcome.result)), file=out, flush=True)
 
@@ -177,13 +211,38 @@ def _rows_only_stdout():
         rows.close()
 
 
+class _Counter:
+    """Progress on a terminal without tqdm (a Raspberry Pi's plain install): "i/N" on one
+    line, rewritten in place."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        print(f"\rscreening {self.done}/{self.total}", end="", file=sys.stderr, flush=True)
+
+    def write(self, message: str, file=None) -> None:
+        print(f"\r{message}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.done:
+            print(file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def _progress(total: int):
-    """A tqdm bar on stderr when tqdm is installed and stderr is a terminal, else None."""
+    """Progress on stderr when it is a terminal (tqdm's bar, or a counter without
+    tqdm), else None: a log file or a pipe gets the summary line alone."""
     try:
         from tqdm import tqdm
     except ImportError:
-        yield None
+        counter = _Counter(total) if sys.stderr.isatty() else None
+        try:
+            yield counter
+        finally:
+            if counter is not None:
+                counter.close()
         return
     bar = tqdm(total=total, unit="rec", file=sys.stderr, disable=None, dynamic_ncols=True,
                desc="screening")

@@ -47,17 +47,27 @@ def wav_files(paths: list[Path]) -> list[Path]:
     return out
 
 
+def stamped(args: argparse.Namespace, row: dict) -> dict:
+    """A result's JSON row as printed and written: the result, the patient it was screened
+    for and when (UTC), so that a row says what the log's record of it says."""
+    from edge.screening_log import utc_now
+
+    return {**row, "patient_id": args.patient, "time_utc": utc_now()}
+
+
 def log_record(args: argparse.Namespace, screener, row: dict, pcm, uuid: str | None = None):
-    """The log's record of one screening, from its JSON row (single or batch path);
-    ``uuid`` None draws a fresh one when it is stored."""
+    """The log's record of one screening, from its :func:`stamped` JSON row (single or
+    batch path); the file's path is stored absolute, so the history names it from any
+    folder. ``uuid`` None draws a fresh one when it is stored."""
     from edge.screening_log import Screening
 
+    mic = getattr(args, "mic", False)
     return Screening(
         decision=row["decision"], probability=row["probability_abnormal"],
         window_scores=[w["probability_abnormal"] for w in row["windows"]],
         model_sha256=row["model_sha256"], spec_json=screener.spec.to_json(),
-        file=None if getattr(args, "mic", False) else row["file"],  # schema: NULL for the mic
-        patient_id=args.patient,
+        file=None if mic else str(Path(row["file"]).absolute()),  # schema: NULL for the mic
+        patient_id=args.patient, time_utc=row["time_utc"],
         quality_reason=row["quality"].get("reason"), latency_ms=row["latency_ms"],
         audio=pcm if args.keep_audio else None,
         audio_rate=screener.spec.sample_rate_hz if args.keep_audio else None, uuid=uuid,

@@ -27,7 +27,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.deploy.bundle import build_bundle, device_requirements
-from edge.deploy.install import sha256_file
+from edge.deploy.install import safe_extract, sha256_file
 from edge.deploy.offline import build_offline_bundle, top_folder
 from edge.deploy.wheels import WheelTarget, download_dependency_wheels, manylinux_platforms
 from edge.errors import DeviceError, UsageError
@@ -163,8 +162,7 @@ def make_bundle(work: Path, model: Path | None) -> tuple[Path, dict]:
     bundle = build_bundle(work / "bundle", model=model, dependency_wheels=deps, target=target)
     archive = build_offline_bundle(bundle, work / "offline.tar.gz")
     stage = work / "stage"
-    with tarfile.open(archive) as tar:
-        tar.extractall(stage, filter="data")
+    safe_extract(archive, stage)  # tarfile's filter= is newer than Debian 12's Python 3.11.2
     shutil.copy(HERE / "customize.sh", stage / "customize.sh")
     return stage / top_folder(bundle), bundle.manifest
 

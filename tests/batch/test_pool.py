@@ -8,6 +8,8 @@ run through the command in subprocesses. The reference is the single-process com
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import queue
@@ -25,7 +27,7 @@ from edge.batch.output import read_rows
 from tests.mfcc_recordings import pick
 
 REPO = Path(__file__).resolve().parents[2]
-VOLATILE = ("latency_ms", "interpreter")
+VOLATILE = ("latency_ms", "interpreter", "time_utc")
 PER_SOURCE = {"pascal/set_a": 6, "pascal/set_b": 6, "physionet2016/training-a": 6,
               "physionet2016/training-b": 6, "physionet2016/training-d": 6}
 BAD_CODE = 3  # AudioError: every broken file below is one
@@ -77,16 +79,19 @@ def bad(tmp_path_factory, good) -> list[str]:
 
 @pytest.fixture(scope="module")
 def single(good, bad, tmp_path_factory) -> dict[str, dict]:
-    """What the single-process command says: result rows, and each bad file's error."""
+    """What the single-process command says: result rows, and each bad file's error row
+    (the same error on stderr, one line: with or without --workers, one behaviour)."""
     home = tmp_path_factory.mktemp("home")
     done = run_screen(*good, "--json", "--no-log", home=home)
     assert done.returncode == 0, done.stderr
     rows = by_file([json.loads(line) for line in done.stdout.splitlines()])
     for path in bad:
         alone = run_screen(path, "--json", "--no-log", home=home)
-        assert alone.returncode == BAD_CODE and not alone.stdout, alone.stderr
-        rows[path] = {"file": path, "error": alone.stderr.strip().removeprefix("heartsound: "),
-                      "exit_code": BAD_CODE}
+        assert alone.returncode == BAD_CODE, alone.stderr
+        row = json.loads(alone.stdout)
+        assert row == {"file": path, "error": row["error"], "exit_code": BAD_CODE}
+        assert alone.stderr.strip() == f"heartsound: {row['error']}"
+        rows[path] = row
     return rows
 
 
@@ -144,6 +149,47 @@ def test_resume_appends_to_a_csv_without_a_second_header(single, good, bad, tmp_
     assert run_screen(*good, *bad, *args, home=tmp_path).returncode == BAD_CODE
     assert out.read_text().count("file,decision,") == 1
     assert by_file(read_rows(out, "csv")) == single
+
+
+def test_a_csv_job_ends_with_a_one_line_summary(single, good, bad, tmp_path):
+    out = tmp_path / "rows.csv"
+    done = run_screen(*good, *bad, "--csv", str(out), "--no-log", home=tmp_path)
+    assert done.returncode == BAD_CODE and not done.stdout
+    rows = read_rows(out, "csv")
+    counts = {d: sum(r.get("decision") == d for r in rows) for d in ("abnormal", "normal",
+                                                                      "unsure")}
+    assert done.stderr.splitlines()[-1] == (
+        f"heartsound: screened {len(good)} recordings: {counts['abnormal']} refer, "
+        f"{counts['normal']} no referral, {counts['unsure']} retake; {len(bad)} errors; "
+        f"rows in {out}")
+    assert counts["unsure"] >= 1  # the PASCAL artifact among the good files
+
+
+def test_resume_continues_a_csv_an_older_version_wrote(single, good, tmp_path):
+    """A CSV without the patient and time columns (written before rows carried them):
+    --resume appends rows with its columns, so the file stays one table."""
+    from edge.batch.output import OLD_CSV_FIELDS
+
+    out = tmp_path / "old.csv"
+    assert run_screen(*good[:3], "--csv", str(out), "--no-log", home=tmp_path).returncode == 0
+    lines = out.read_text().splitlines()
+    header = lines[0].split(",")
+    keep = [header.index(c) for c in OLD_CSV_FIELDS]
+    old = io.StringIO()
+    writer = csv.writer(old, lineterminator="\n")
+    for cells in csv.reader(lines):
+        writer.writerow([cells[i] for i in keep])
+    out.write_text(old.getvalue())
+    args = ("--csv", str(out), "--resume", str(out), "--no-log")
+    assert run_screen(*good[:6], *args, home=tmp_path).returncode == 0
+    rows = read_rows(out, "csv")
+    assert [r["file"] for r in rows] == good[:6]
+    assert not any("time_utc" in r or "patient_id" in r for r in rows)  # the old columns
+
+    def result(row: dict) -> dict:
+        return {k: v for k, v in stable(row).items() if k != "patient_id"}
+
+    assert [result(r) for r in rows] == [result(single[f]) for f in good[:6]]
 
 
 def kill_drill(command: list[str], env: dict, victim_of, total: int,
