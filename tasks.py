@@ -235,8 +235,9 @@ def rollback(c: Context, host: str, key: str = "", known_hosts: str = "",
             "model": "int8 .tflite the station screens with (default: the packaged model)",
             "compress": "also write a compressed copy: xz or zst"})
 def image(c: Context, out: str = "station.img", cache: str = "", model: str = "",
-          compress: str = "") -> None:
+          compress: str = "xz", mirror: str = "") -> None:
     """Build the bootable Raspberry Pi SD-card image with the station inside (as root)."""
     opts = "".join(f" --{name} {shlex.quote(value)}" for name, value in
-                   (("cache", cache), ("model", model), ("compress", compress)) if value)
+                   (("cache", cache), ("model", model), ("compress", compress),
+                    ("mirror", mirror)) if value)
     c.run(f"heartsound image build --out {shlex.quote(out)}{opts}")

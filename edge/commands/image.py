@@ -19,9 +19,11 @@ BUILD_HELP = (
     "service started whenever a sound card with a capture device is there. SSH host "
     "keys are made and the root grows to the card at first boot, which also reads "
     "heartsound.toml from the FAT partition (see heartsound.toml.example there). Needs "
-    "root, mmdebstrap and qemu-user-static (scripts/setup.sh). Takes about 15 minutes on 2 "
-    "cores with a warm package cache (most of it making the initrd under emulation); the "
-    "first run also downloads about 130 MB of packages.")
+    "root, mmdebstrap and qemu-user-static (scripts/setup.sh). On 2 cores it takes 15-18 "
+    "minutes with a warm package cache and an idle machine, 26 beside the test suite, 34 "
+    "from a cold cache under load (most of it dpkg's scripts under emulation: the initrd, "
+    "byte-compiling Python); the first run also downloads about 140 MB of packages "
+    "(--mirror: from a mirror of your own). tail -f OUT.build.log follows it.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _add_build(sub) -> None:
-    from edge.image.build import DEFAULT_CACHE
+    from edge.image.build import DEFAULT_CACHE, DEFAULT_MIRROR
 
     p = sub.add_parser("build", help="build station.img (Debian + the station, as root)",
                        description=BUILD_HELP)
@@ -44,7 +46,11 @@ def _add_build(sub) -> None:
                    help="the raw disk image to write; the manifest goes beside it "
                    "(station.img.manifest.json)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR",
-                   help="keeps the downloaded .deb files between runs (default %(default)s)")
+                   help="keeps the downloaded .deb files in DIR/apt between runs (default "
+                   "%(default)s)")
+    p.add_argument("--mirror", default=DEFAULT_MIRROR, metavar="URL",
+                   help="the Debian mirror to take the packages from, trixie and "
+                   "trixie-backports (default %(default)s; a clinic's own mirror, say)")
     p.add_argument("--model", type=Path, metavar="M",
                    help="the int8 model the station screens with (default: the shipped one)")
     p.add_argument("--compress", choices=("xz", "zst"),
@@ -55,7 +61,7 @@ def _add_build(sub) -> None:
 def _run_build(args: argparse.Namespace) -> int:
     from edge.image.build import BuildOptions, build
 
-    result = build(BuildOptions(args.out, args.cache, args.model, args.compress))
+    result = build(BuildOptions(args.out, args.cache, args.model, args.compress, args.mirror))
     mib = result.image.stat().st_size / 2**20
     line = f"wrote {result.image} ({mib:.0f} MiB"
     if result.compressed:

@@ -48,9 +48,8 @@ HERE = Path(__file__).resolve().parent
 # with a Pi 5 kernel made of Debian packages alone. The kernel alone comes from backports.
 SUITE = "trixie"
 ARCH = "arm64"
-MIRROR = f"deb http://deb.debian.org/debian {SUITE} main non-free-firmware"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
 KERNEL_SUITE = f"{SUITE}-backports"
-KERNEL_MIRROR = f"deb http://deb.debian.org/debian {KERNEL_SUITE} main"
 KERNEL_PIN = f"Package: linux-*\nPin: release n={KERNEL_SUITE}\nPin-Priority: 990\n"
 KERNEL_PIN_IN_IMAGE = "etc/apt/preferences.d/heartsound-kernel"
 IMAGE_PYTHON, IMAGE_GLIBC = "3.13", "2.41"  # trixie's: what the bundle's wheels are for
@@ -100,6 +99,20 @@ class BuildOptions:
     cache: Path = DEFAULT_CACHE
     model: Path | None = None
     compress: str | None = None  # "xz" or "zst"
+    mirror: str = DEFAULT_MIRROR  # a Debian mirror's base URL (a clinic's own, say)
+
+
+def apt_sources(mirror: str) -> tuple[str, str]:
+    """The two sources lines: trixie (main, and the Pi's Wi-Fi firmware) and the
+    backports the kernel comes from, both from ``mirror``."""
+    base = mirror.rstrip("/")
+    return (f"deb {base} {SUITE} main non-free-firmware", f"deb {base} {KERNEL_SUITE} main")
+
+
+def check_mirror(mirror: str) -> None:
+    if not mirror.startswith(("http://", "https://", "file:/")):
+        raise UsageError(f"--mirror {mirror}: give a Debian mirror's base URL, such as "
+                         f"{DEFAULT_MIRROR} (http://, https:// or file:/)")
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,7 @@ def check_host(options: BuildOptions) -> None:
     if not options.out.name.endswith(".img"):
         raise UsageError(f"{options.out}: the image is a raw disk image; give a name ending "
                          "in .img")
+    check_mirror(options.mirror)
 
 
 @contextmanager
@@ -167,7 +181,8 @@ def make_bundle(work: Path, model: Path | None) -> tuple[Path, dict]:
     return stage / top_folder(bundle), bundle.manifest
 
 
-def mmdebstrap_command(rootdir: Path, cache: Path, stage: Path) -> list[str]:
+def mmdebstrap_command(rootdir: Path, cache: Path, stage: Path,
+                       mirror: str = DEFAULT_MIRROR) -> list[str]:
     """mmdebstrap into `rootdir`; the .debs go through `cache` (kept between runs)."""
     bundle_in_image = f"{STAGE_IN_IMAGE}/{stage.name}"
     cmd = ["mmdebstrap", f"--variant={VARIANT}", f"--architectures={ARCH}",
@@ -190,7 +205,7 @@ def mmdebstrap_command(rootdir: Path, cache: Path, stage: Path) -> list[str]:
            f"--customize-hook=sync-in {stage.parent} {STAGE_IN_IMAGE}",
            f"--chrooted-customize-hook=sh {STAGE_IN_IMAGE}/customize.sh {bundle_in_image}",
            f'--customize-hook=rm -rf "$1"{STAGE_IN_IMAGE}',
-           SUITE, str(rootdir), MIRROR, KERNEL_MIRROR]
+           SUITE, str(rootdir), *apt_sources(mirror)]
     return cmd
 
 
@@ -257,7 +272,8 @@ def deb_file(cache: Path, name: str, version: str, arch: str) -> Path:
     return cache / f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
 
 
-def make_manifest(rootdir: Path, cache: Path, bundle: dict, release: str) -> dict:
+def make_manifest(rootdir: Path, cache: Path, bundle: dict, release: str,
+                  mirror: str = DEFAULT_MIRROR) -> dict:
     packages = installed_packages(rootdir)
     for name, p in packages.items():
         deb = deb_file(cache, name, p["version"], p["architecture"])
@@ -267,8 +283,8 @@ def make_manifest(rootdir: Path, cache: Path, bundle: dict, release: str) -> dic
         "format": 1,
         "heartsound": bundle["version"],
         "release": release,
-        "inputs": {"suite": SUITE, "architecture": ARCH, "mirror": MIRROR,
-                   "kernel_mirror": KERNEL_MIRROR, "variant": VARIANT,
+        "inputs": {"suite": SUITE, "architecture": ARCH, "mirror": apt_sources(mirror)[0],
+                   "kernel_mirror": apt_sources(mirror)[1], "variant": VARIANT,
                    "include": list(PACKAGES), "dpkg_options": list(DPKG_OPTS),
                    "source_date_epoch": SOURCE_DATE_EPOCH,
                    "mmdebstrap": _tool_version(["mmdebstrap", "--version"]),
@@ -366,10 +382,12 @@ def build(options: BuildOptions) -> BuildResult:
         rootdir = work / "root"
         print(f"image: mmdebstrap {SUITE} {ARCH} into {rootdir} (cache {cache}) ...",
               file=sys.stderr)
-        run_step("mmdebstrap", mmdebstrap_command(rootdir, cache, stage), env=env,
+        run_step("mmdebstrap", mmdebstrap_command(rootdir, cache, stage, options.mirror),
+                 env=env,
                  log=out.with_name(out.name + ".build.log"))
         split_boot(rootdir, work / "boot")
-        manifest = make_manifest(rootdir, cache, bundle, current_release(rootdir))
+        manifest = make_manifest(rootdir, cache, bundle, current_release(rootdir),
+                                 options.mirror)
         text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
         inside = rootdir / MANIFEST_IN_IMAGE
         inside.parent.mkdir(parents=True, exist_ok=True)

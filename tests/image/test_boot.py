@@ -1,8 +1,9 @@
 """The built image boots in QEMU, makes itself a station at first boot, and screens.
 
 ``-M virt`` (cortex-a72) with the image's own kernel and initrd, the image as a virtio
-disk: ``-M raspi3b`` boots the same card too (tried by hand: first boot done ~55 s after
-power-on against ~28 s here) but gives no network device to SSH through. The card copy
+disk: ``-M raspi3b`` boots the same card too (tried by hand on an idle machine: first boot
+done ~55 s after power-on against ~28-43 s here; 120 s here with the test suite loading
+both cores) but gives no network device to SSH through. The card copy
 is made 1 GiB larger than the image, so first boot's growth is seen; heartsound.toml with
 a test SSH key goes on the FAT partition first (mtools, no mount). Serial console on
 stdio, read by a thread. Then SSH in as ``heartsound`` and screen the bundled recording:

@@ -96,3 +96,25 @@ def test_the_image_builds_the_same_heartsound_wheel_twice(tmp_path):
             hashes.append(sha256_file(build_wheel(tmp_path / str(n))))
         time.sleep(1.1)  # zip times have 2 s resolution: cross a boundary at least once
     assert hashes[0] == hashes[1]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes first")
+def test_a_mirror_that_is_no_url_is_refused(tmp_path):
+    line = one_line_error(heartsound("image", "build", "--out", str(tmp_path / "s.img"),
+                                     "--mirror", "deb.example.org/debian"))
+    assert "--mirror deb.example.org/debian" in line and "http://" in line
+    assert not (tmp_path / "s.img").exists()
+
+
+def test_a_clinics_mirror_serves_both_suites(tmp_path):
+    """--mirror names where mmdebstrap takes trixie and the kernel's backports from, and
+    the manifest records it (what the boot test's image was built with is the default)."""
+    from edge.image.build import DEFAULT_MIRROR, SUITE, apt_sources, mmdebstrap_command
+
+    mirror = "http://debian.clinic.example/debian/"
+    cmd = mmdebstrap_command(tmp_path / "root", tmp_path / "cache", tmp_path / "stage" / "b",
+                             mirror)
+    assert cmd[-2:] == [f"deb http://debian.clinic.example/debian {SUITE} main "
+                        "non-free-firmware",
+                        f"deb http://debian.clinic.example/debian {SUITE}-backports main"]
+    assert apt_sources(DEFAULT_MIRROR)[0].startswith("deb http://deb.debian.org/debian ")
