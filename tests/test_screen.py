@@ -26,7 +26,10 @@ from edge.screening import default_model_path
 from tests.test_interpreter import _second_python  # one way to find the older-Pi Python
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((REPO / "examples").glob("*.wav"))
+SHIPPED = REPO / "edge" / "recordings"
+#: The PhysioNet examples: clean recordings the gate passes (the CirCor pair is checked by
+#: test_the_shipped_recordings_say_what_the_readme_says).
+EXAMPLES = sorted((REPO / "examples").glob("physionet_*.wav"))
 VOLATILE = ("latency_ms", "interpreter", "time_utc")
 
 
@@ -367,4 +370,30 @@ def test_json_row_carries_the_patient_and_time_the_log_stores(tmp_path):
         (stored,) = log.recent()
     assert stored.time_utc == row["time_utc"] and stored.patient_id == "P-7"
     assert stored.file == str(EXAMPLES[0])
+
+
+def _readme_answers() -> dict[str, str]:
+    """file -> the decision the recordings' README says the shipped model gives."""
+    rows = [line.split("|") for line in (SHIPPED / "README.md").read_text().splitlines()
+            if line.startswith("| `")]
+    return {cells[1].strip().strip("`"): cells[4].split()[0] for cells in rows}
+
+
+def test_the_shipped_recordings_say_what_the_readme_says(tmp_path):
+    """examples/ and the package's recordings are one set (links, not copies), named by
+    their label, covering normal, abnormal and murmur; the README's table gives what the
+    shipped model answers on each, wrong answers included."""
+    shipped = sorted(p.name for p in SHIPPED.glob("*.wav"))
+    examples = sorted((REPO / "examples").glob("*.wav"))
+    assert [p.name for p in examples] == shipped
+    assert all(p.is_symlink() and p.resolve() == SHIPPED / p.name for p in examples)
+    labels = {name.removesuffix(".wav").split("_", 2)[-1] for name in shipped}
+    assert {"normal", "abnormal", "murmur"} <= {lab.split("_")[-1] for lab in labels}
+    answers = _readme_answers()
+    assert sorted(answers) == shipped
+    rows = _json_lines(_screen(*(str(SHIPPED / n) for n in shipped), "--json", "--no-log",
+                               home=tmp_path))
+    assert {Path(r["file"]).name: r["decision"] for r in rows} == {
+        n: {"NORMAL": "normal", "ABNORMAL": "abnormal", "UNSURE": "unsure"}[a]
+        for n, a in answers.items()}
 
