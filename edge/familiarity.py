@@ -48,7 +48,9 @@ figures in the card are those of the reference the device reads from the metadat
 UNFAMILIAR = "unfamiliar stethoscope"
 """Start of the reason: screening.advice and the report recognise the gate by it."""
 HINT = ("this model was not trained on a stethoscope like this one; screen with a "
-        "stethoscope of a listed training database, or retrain with recordings of this one")
+        "stethoscope of one of its training databases ({databases}), or retrain with "
+        "recordings of this one")
+"""What to do, naming the model's databases (see :func:`hint`)."""
 ADVICE = "use a stethoscope the model knows"
 
 
@@ -135,15 +137,20 @@ def check(frames: np.ndarray, reference: Reference) -> Verdict:
     return Verdict(float(d[0]), nearest[0], reference.threshold)
 
 
+def hint(reference: Reference) -> str:
+    """:data:`HINT` with the databases the model knows, so "use one of them" names them."""
+    return HINT.format(databases=", ".join(s.name for s in reference.sources))
+
+
 def gate(frames: np.ndarray, reference: Reference, quality: Quality) -> Quality:
     """``quality`` (passed by edge.quality) with the distance among its figures, turned
-    into ``unsure`` with :data:`UNFAMILIAR`'s reason and :data:`HINT` beyond the threshold:
+    into ``unsure`` with :data:`UNFAMILIAR`'s reason and :func:`hint` beyond the threshold:
     the one check that screening and the serial host (firmware_bridge) both run."""
     verdict = check(frames, reference)
     figures = quality.figures | verdict.figures()
     if verdict.familiar:
         return Quality(True, None, None, figures)
-    return Quality(False, verdict.reason(), HINT, figures)
+    return Quality(False, verdict.reason(), hint(reference), figures)
 
 
 def build_reference(profiles_by_source: dict[str, np.ndarray], validation: np.ndarray,

@@ -33,6 +33,11 @@ from edge.screening import ScreeningResult, advice, is_unfamiliar
 from edge.screening_log import Screening
 from edge.spec import FeatureSpec
 
+#: Where the two plots sit on page one (figure fractions): below the reason, which takes
+#: up to eight lines of REASON_WIDTH characters (an unfamiliar stethoscope's).
+RECORDING_AXES = (0.07, 0.34, 0.88, 0.24)  # room right of the axis for its last label
+WINDOWS_AXES = (0.07, 0.12, 0.88, 0.14)
+REASON_WIDTH = 72
 PAGE_INCHES = (11.69, 8.27)  # A4 landscape: prints on a ward printer as it shows on screen
 DPI = 110
 DISCLAIMER = ("Screening aid, not a diagnosis. 'No referral' does not rule out heart "
@@ -90,20 +95,26 @@ def headline(result: ScreeningResult) -> str:
     return advice(result).upper()
 
 
+NO_RESULT = "No result."
+"""How a report that has no decision starts its reason: plainly, before why."""
+
+
 def reason(result: ScreeningResult) -> str:
     """Why that action: the score against the named threshold, or the gate's reason."""
     if is_unfamiliar(result):
         q = result.quality
-        return f"Why: {q['reason']}, so its score is not used. Next: {q['hint']}."
+        return (f"{NO_RESULT} Why: {q['reason']}, so the model's score is not used. "
+                f"Next: {q['hint']}.")
     if result.decision == decision.UNSURE:
         q = result.quality
-        return (f"Why: the quality gate found {q['reason']} in this recording, so it was "
-                f"not scored. Next: {q['hint']}.")
+        return (f"{NO_RESULT} Why: the quality gate found {q['reason']} in this recording, "
+                f"so it was not scored. Next: {q['hint']}.")
     p, t = _two(result.probability_abnormal, result.threshold)
     side = "at or above" if result.decision == decision.ABNORMAL else "below"
     n = len(result.windows)
-    return (f"Why: score {p} (chance of an abnormal heart sound, mean of {n} "
-            f"window{'s' if n != 1 else ''}) is {side} the referral threshold {t}.")
+    return (f"Why: score {p} (the model's abnormality score from 0 to 1, not a calibrated "
+            f"probability; mean of {n} window{'s' if n != 1 else ''}) is {side} the "
+            f"referral threshold {t}.")
 
 
 def facts(result: ScreeningResult, record: Screening, model_version: str) -> list[str]:
@@ -143,19 +154,24 @@ def _page_one(fig, pcm, spec, result, record, model_version) -> Page:
     fig.text(0.04, 0.925, f" {lines[0]} ", fontsize=24, weight="bold", color="white",
              va="center", bbox={"boxstyle": "round,pad=0.35", "fc":
                                 VERDICT_COLOURS[result.decision], "ec": "none"})
-    fig.text(0.04, 0.855, "\n".join(textwrap.fill(part, 64) for part in
-                                    lines[1].replace(" Next: ", "\nNext: ").split("\n")),
-             fontsize=12.5, va="top", linespacing=1.4)
+    fig.text(0.04, 0.855, _reason_block(lines[1]), fontsize=12.5, va="top", linespacing=1.4)
     fig.text(0.965, 0.955, "\n".join(lines[2:-1]), fontsize=10.5, ha="right", va="top",
              linespacing=1.6)
     duration = len(pcm) / spec.sample_rate_hz
     end = max([duration] + [w["start_s"] + spec.window_s for w in result.windows])
-    ax_rec = fig.add_axes((0.07, 0.36, 0.9, 0.30))
-    ax_win = fig.add_axes((0.07, 0.13, 0.9, 0.16), sharex=ax_rec)
+    ax_rec = fig.add_axes(RECORDING_AXES)
+    ax_win = fig.add_axes(WINDOWS_AXES, sharex=ax_rec)
     _recording(ax_rec, pcm, spec, result, end)
     _window_strip(ax_win, spec, result, end)
     fig.text(0.5, 0.025, DISCLAIMER, ha="center", fontsize=11.5, weight="bold")
     return Page(fig, lines)
+
+
+def _reason_block(text: str) -> str:
+    """The reason wrapped for the page, each of its parts (No result / Why / Next) on
+    lines of its own."""
+    parts = text.replace(" Why: ", "\nWhy: ").replace(" Next: ", "\nNext: ").split("\n")
+    return "\n".join(textwrap.fill(part, REASON_WIDTH) for part in parts)
 
 
 def _unscored_from(spec: FeatureSpec, result: ScreeningResult) -> float:
@@ -216,7 +232,8 @@ def _window_strip(ax, spec, result, end) -> None:
     ax.set_title(_strip_title(spec, result), loc="left", fontsize=11, weight="bold")
     _hatch_unscored(ax, _unscored_from(spec, result), end)
     if not result.windows:
-        ax.text(end / 2, lanes / 2, f"not scored: {result.quality['reason']}", ha="center",
+        short = result.quality["reason"].split(":")[0]  # the figures are in the text above
+        ax.text(end / 2, lanes / 2, f"no result: not scored ({short})", ha="center",
                 va="center", fontsize=11, bbox={"fc": "white", "ec": NOT_SCORED})
         return
     label = _room_for_labels(ax, spec, end)

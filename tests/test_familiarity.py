@@ -139,7 +139,8 @@ def test_screen_says_unsure_for_an_unfamiliar_stethoscope(reference, unseen, tmp
     assert gated[1]["decision"] == "unsure" and gated[1]["probability_abnormal"] is None
     assert q["ok"] is False and q["reason"].startswith("unfamiliar stethoscope: ")
     assert "SD from the nearest training database (physionet-" in q["reason"]
-    assert q["hint"] == familiarity.HINT
+    assert q["hint"] == familiarity.hint(reference)
+    assert all(s.name in q["hint"] for s in reference.sources)
     assert q["figures"]["familiarity_distance"] > reference.threshold
     # Without the block (older models) the same recording is screened as before.
     assert old[1]["decision"] in ("normal", "abnormal") and "familiarity_distance" not in (
@@ -170,7 +171,8 @@ def test_report_names_the_unfamiliar_stethoscope(reference, unseen, tmp_path):
 
     lines = Image.open(out).info["Description"]
     assert lines.startswith(familiarity.ADVICE.upper())
-    assert "Why: unfamiliar stethoscope: " in lines and familiarity.HINT in lines
+    assert "Why: unfamiliar stethoscope: " in lines and familiarity.hint(reference) in lines
+    assert lines.splitlines()[1].startswith("No result. Why: ")
 
 
 def test_serial_host_refuses_an_unfamiliar_stethoscope_before_streaming(reference, unseen,

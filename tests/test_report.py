@@ -107,8 +107,8 @@ def test_report_for_an_unsure_recording_says_retake_and_why(data_root, tmp_path)
     assert "not a diagnosis" in text
 
 
-def _pages(wav: Path, patient: str | None = "P-17"):
-    screener = Screener()
+def _pages(wav: Path, patient: str | None = "P-17", model: Path | None = None):
+    screener = Screener(model)
     pcm = read_wav(wav, screener.spec.sample_rate_hz)
     result = screener.screen_pcm(pcm, screener.spec.sample_rate_hz, str(wav))
     record = Screening(decision=result.decision, probability=result.probability_abnormal,
@@ -141,7 +141,8 @@ def test_what_the_page_draws_is_what_it_says(data_root):
 def test_page_without_a_patient_id_says_so(data_root):
     _, (page, _) = _pages(_artifact(data_root), patient=None)
     assert "Patient: not given" in _drawn(page.figure)
-    assert "not scored: no heart sound" in _drawn(page.figure)
+    assert "no result: not scored (no heart sound)" in _drawn(page.figure)
+    assert page.lines[1].startswith("No result. Why: the quality gate found no heart sound")
 
 
 def test_unwritable_report_path_is_one_line_after_the_screening(tmp_path):
@@ -153,3 +154,76 @@ def test_unwritable_report_path_is_one_line_after_the_screening(tmp_path):
     assert out.stdout.startswith(f"{EXAMPLE}: NORMAL")
     with sqlite3.connect(tmp_path / "log.db") as con:
         assert con.execute("SELECT count(*) FROM screenings").fetchone() == (1,)
+
+
+def _unfamiliar(data_root: Path, folder: Path) -> tuple[Path, Path]:
+    """(recording, model): a real PhysioNet b recording through another stethoscope's
+    response, and the shipped model with a familiarity reference of four databases (as
+    tests/test_familiarity.py builds them), which calls it unfamiliar."""
+    import numpy as np
+
+    from edge import familiarity
+    from tests.test_familiarity import (
+        DATABASES,
+        N_TRAIN,
+        N_VAL,
+        _files,
+        _frames,
+        _model_with,
+        _pcm,
+        _treble,
+    )
+    from tests.test_screen import _write_wav
+
+    train, val = {}, []
+    for db in DATABASES:
+        files = _files(data_root, db)
+        train[f"physionet-{db}"] = np.array([familiarity.profile(_frames(_pcm(f)))
+                                             for f in files[:N_TRAIN]])
+        val += [familiarity.profile(_frames(_pcm(f))) for f in files[N_TRAIN:N_TRAIN + N_VAL]]
+    model = folder / "gate.tflite"
+    model.write_bytes(_model_with(familiarity.build_reference(train, np.array(val)).to_dict()))
+    wav = folder / "other_stethoscope.wav"
+    source = _files(data_root, "b")[N_TRAIN + N_VAL + 2]
+    _write_wav(wav, _treble(_pcm(source)), 2000)
+    return wav, model
+
+
+def _inside(inner, outer) -> bool:
+    return (inner.x0 >= outer.x0 - 1 and inner.y0 >= outer.y0 - 1 and inner.x1 <= outer.x1 + 1
+            and inner.y1 <= outer.y1 + 1)
+
+
+def test_every_report_kind_fits_its_page(data_root, tmp_path):
+    """Refer, no referral, retake and an unfamiliar stethoscope, each drawn: no text runs
+    off the page, and the reason block (up to eight lines) stays clear of the plots and
+    their titles. The pages are written as PNGs beside the test's files, to look at."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    odd, gate_model = _unfamiliar(data_root, tmp_path)
+    kinds = {"refer": _pages(_murmur(data_root)), "no referral": _pages(EXAMPLE),
+             "retake": _pages(_artifact(data_root)),
+             "unfamiliar": _pages(odd, model=gate_model)}
+    assert [r.decision for r, _ in kinds.values()] == ["abnormal", "normal", "unsure", "unsure"]
+    assert kinds["unfamiliar"][0].quality["reason"].startswith("unfamiliar stethoscope")
+    for name, (_result, (page, _detail)) in kinds.items():
+        fig = page.figure
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()  # labels take their places when drawn
+        renderer = canvas.get_renderer()
+        for text in fig.findobj(Text):
+            if text.get_visible() and text.get_text().strip():
+                box = text.get_window_extent(renderer)
+                assert _inside(box, fig.bbox), (name, text.get_text()[:60])
+        (why,) = [t for t in fig.texts if "Why: " in t.get_text()]
+        why_box = why.get_window_extent(renderer)
+        for ax in fig.axes:
+            for other in (ax.title, ax):
+                box = other.get_window_extent(renderer)
+                assert why_box.y0 > box.y1, (name, "the reason overlaps a plot")
+        fig.savefig(tmp_path / f"{name.replace(' ', '_')}.png")
+    unfamiliar, refer = kinds["unfamiliar"][1][0].lines[1], kinds["refer"][1][0].lines
+    assert unfamiliar.startswith("No result. Why: unfamiliar stethoscope")
+    assert "physionet-a, physionet-b, physionet-d, physionet-e" in unfamiliar
+    assert "not a calibrated probability" in refer[1] and "chance" not in " ".join(refer)
+
