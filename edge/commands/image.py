@@ -48,6 +48,11 @@ def _add_build(sub) -> None:
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR",
                    help="keeps the downloaded .deb files in DIR/apt between runs (default "
                    "%(default)s)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="build even when DIR/images holds an image built from the same "
+                   "inputs (the station's wheels and model, the package list, the build's "
+                   "code, the mirror), which is otherwise copied in seconds; a rebuild also "
+                   "takes the mirror's packages of today")
     p.add_argument("--mirror", default=DEFAULT_MIRROR, metavar="URL",
                    help="the Debian mirror to take the packages from, trixie and "
                    "trixie-backports (default %(default)s; a clinic's own mirror, say)")
@@ -61,13 +66,15 @@ def _add_build(sub) -> None:
 def _run_build(args: argparse.Namespace) -> int:
     from edge.image.build import BuildOptions, build
 
-    result = build(BuildOptions(args.out, args.cache, args.model, args.compress, args.mirror))
+    result = build(BuildOptions(args.out, args.cache, args.model, args.compress, args.mirror,
+                                args.rebuild))
     mib = result.image.stat().st_size / 2**20
     line = f"wrote {result.image} ({mib:.0f} MiB"
     if result.compressed:
         line += f"; {result.compressed.name} {result.compressed.stat().st_size / 2**20:.0f} MiB"
-    print(f"{line}) in {result.seconds / 60:.1f} min, {result.packages} Debian packages; "
-          f"manifest {result.manifest}")
+    how = f"copied from the cache of the build of {result.cached_from}" if result.cached_from \
+        else f"{result.packages} Debian packages"
+    print(f"{line}) in {result.seconds / 60:.1f} min, {how}; manifest {result.manifest}")
     return 0
 
 

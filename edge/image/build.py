@@ -22,6 +22,7 @@ listed in the README (the release's name carries the install time).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -100,6 +101,7 @@ class BuildOptions:
     model: Path | None = None
     compress: str | None = None  # "xz" or "zst"
     mirror: str = DEFAULT_MIRROR  # a Debian mirror's base URL (a clinic's own, say)
+    rebuild: bool = False  # build even when the cache holds an image of the same inputs
 
 
 def apt_sources(mirror: str) -> tuple[str, str]:
@@ -122,6 +124,60 @@ class BuildResult:
     compressed: Path | None
     seconds: float
     packages: int
+    cached_from: str | None = None  # the cached build's time when the image was copied
+
+
+#: Built images kept in CACHE/images, newest first; each is about 1.4 GB (sparse).
+KEEP_IMAGES = 1
+IMAGE_INPUTS = ("build.py", "customize.sh", "firstboot.py")
+
+
+def inputs_key(bundle: dict, mirror: str) -> str:
+    """A hash of what the image is made from: the station's files (the bundle's sha256s:
+    heartsound's wheel, the dependency wheels, the model), the package list and options,
+    the mirror, mmdebstrap's version, and this module, customize.sh, firstboot.py and
+    overlay/. What it cannot see is the mirror's packages of the day: a cached image keeps
+    those of the day it was built (--rebuild takes today's)."""
+    digest = hashlib.sha256()
+    overlay = sorted(p for p in (HERE / "overlay").rglob("*") if p.is_file())
+    parts = {"bundle": {rel: f["sha256"] for rel, f in sorted(bundle["files"].items())},
+             "target": bundle["target"], "packages": PACKAGES, "dpkg": DPKG_OPTS,
+             "sources": apt_sources(mirror), "variant": VARIANT,
+             "mmdebstrap": _tool_version(["mmdebstrap", "--version"]),
+             "code": {name: sha256_file(HERE / name) for name in IMAGE_INPUTS},
+             "overlay": {str(p.relative_to(HERE)): sha256_file(p) for p in overlay}}
+    digest.update(json.dumps(parts, sort_keys=True).encode())
+    return digest.hexdigest()[:24]
+
+
+def _sparse_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".part")
+    run_step("copying the image", ["cp", "--sparse=always", "--reflink=auto", str(src),
+                                   str(tmp)])
+    tmp.replace(dst)
+
+
+def from_cache(images: Path, key: str, out: Path) -> str | None:
+    """Copy the cached image of ``key`` to ``out`` (and its manifest beside it); the
+    cached build's time, or None when there is none."""
+    image, manifest = images / f"{key}.img", images / f"{key}.img.manifest.json"
+    if not (image.is_file() and manifest.is_file()):
+        return None
+    _sparse_copy(image, out)
+    shutil.copyfile(manifest, out.with_name(out.name + ".manifest.json"))
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(image.stat().st_mtime))
+
+
+def into_cache(images: Path, key: str, out: Path) -> None:
+    """Keep the image just built under its key; only the newest KEEP_IMAGES stay."""
+    images.mkdir(parents=True, exist_ok=True)
+    _sparse_copy(out, images / f"{key}.img")
+    shutil.copyfile(out.with_name(out.name + ".manifest.json"),
+                    images / f"{key}.img.manifest.json")
+    kept = sorted(images.glob("*.img"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in kept[KEEP_IMAGES:]:
+        old.unlink()
+        old.with_name(old.name + ".manifest.json").unlink(missing_ok=True)
 
 
 def check_host(options: BuildOptions) -> None:
@@ -364,40 +420,57 @@ def current_release(rootdir: Path) -> str:
 
 
 def build(options: BuildOptions) -> BuildResult:
-    """Build the image (see the module docstring); the work folder is removed afterwards."""
+    """Build the image (see the module docstring), or copy the cached image built from the
+    same inputs (:func:`inputs_key`) unless ``options.rebuild``; the work folder is removed
+    afterwards."""
     check_host(options)
     start = time.monotonic()
     out = options.out.resolve()
-    cache = (options.cache.expanduser() / "apt").resolve()
+    caches = options.cache.expanduser().resolve()
+    cache, images = caches / "apt", caches / "images"
     cache.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    env = dict(os.environ, SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH),
-               E2FSPROGS_FAKE_TIME=str(SOURCE_DATE_EPOCH))
+    beside = out.with_name(out.name + ".manifest.json")
     try:
         with source_date_epoch():
             stage, bundle = make_bundle(work, options.model)
-        rootdir = work / "root"
-        print(f"image: mmdebstrap {SUITE} {ARCH} into {rootdir} (cache {cache}) ...",
-              file=sys.stderr)
-        run_step("mmdebstrap", mmdebstrap_command(rootdir, cache, stage, options.mirror),
-                 env=env,
-                 log=out.with_name(out.name + ".build.log"))
-        split_boot(rootdir, work / "boot")
-        manifest = make_manifest(rootdir, cache, bundle, current_release(rootdir),
-                                 options.mirror)
-        text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
-        inside = rootdir / MANIFEST_IN_IMAGE
-        inside.parent.mkdir(parents=True, exist_ok=True)
-        inside.write_text(text)
-        print("image: making the partitions ...", file=sys.stderr)
-        assemble(out, *make_partitions(work, rootdir, work / "boot", env))
+        key = inputs_key(bundle, options.mirror)
+        cached = None if options.rebuild else from_cache(images, key, out)
+        if cached is None:
+            beside.write_text(_build_into(out, work, stage, bundle, cache, options))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    beside = out.with_name(out.name + ".manifest.json")
-    beside.write_text(text)
+    if cached is None:
+        into_cache(images, key, out)
+    else:
+        print(f"image: the same inputs as the image built {cached} (key {key}): copied it "
+              f"from {images}; --rebuild builds it again (with the mirror's packages of "
+              "today)", file=sys.stderr)
+    manifest = json.loads(beside.read_text())
     packed = compress(out, options.compress) if options.compress else None
     return BuildResult(out, beside, packed, time.monotonic() - start,
-                       len(manifest["debian_packages"]))
+                       len(manifest["debian_packages"]), cached)
+
+
+def _build_into(out: Path, work: Path, stage: Path, bundle: dict, cache: Path,
+                options: BuildOptions) -> str:
+    """mmdebstrap, the boot files, the manifest and the partitions; the manifest's text."""
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH),
+               E2FSPROGS_FAKE_TIME=str(SOURCE_DATE_EPOCH))
+    rootdir = work / "root"
+    print(f"image: mmdebstrap {SUITE} {ARCH} into {rootdir} (cache {cache}) ...",
+          file=sys.stderr)
+    run_step("mmdebstrap", mmdebstrap_command(rootdir, cache, stage, options.mirror),
+             env=env, log=out.with_name(out.name + ".build.log"))
+    split_boot(rootdir, work / "boot")
+    manifest = make_manifest(rootdir, cache, bundle, current_release(rootdir), options.mirror)
+    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+    inside = rootdir / MANIFEST_IN_IMAGE
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    inside.write_text(text)
+    print("image: making the partitions ...", file=sys.stderr)
+    assemble(out, *make_partitions(work, rootdir, work / "boot", env))
+    return text

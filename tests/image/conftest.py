@@ -6,7 +6,9 @@ minutes to every run. So when collection selects a test that needs ``station_ima
 no ``HEARTSOUND_TEST_IMAGE`` names one built before), the build starts as a child process
 right after collection, those tests move to the end of the run, and ``station_image``
 waits for the child. The image lives in a temporary folder removed at the end of the
-session; a build still running then is stopped.
+session; a build still running then is stopped. The build is the command a user runs, so
+on a machine that built the same inputs before it copies that image from its cache
+(``heartsound image build --rebuild`` builds afresh); CI, on a fresh machine, builds.
 """
 
 from __future__ import annotations

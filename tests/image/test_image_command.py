@@ -118,3 +118,41 @@ def test_a_clinics_mirror_serves_both_suites(tmp_path):
                         "non-free-firmware",
                         f"deb http://debian.clinic.example/debian {SUITE}-backports main"]
     assert apt_sources(DEFAULT_MIRROR)[0].startswith("deb http://deb.debian.org/debian ")
+
+
+def test_the_image_cache_is_keyed_by_the_inputs(tmp_path):
+    """A bundle's files, the mirror and the build's own code make the key; a cached image
+    comes back byte for byte with its manifest, and only the newest stays."""
+    if shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed (scripts/setup.sh)")
+    from edge.image import build as b
+
+    bundle = {"files": {"wheels/heartsound-0.1.0-py3-none-any.whl": {"sha256": "1" * 64},
+                        "model/m.tflite": {"sha256": "2" * 64}}, "target": {"python": "3.13"}}
+    key = b.inputs_key(bundle, b.DEFAULT_MIRROR)
+    assert key == b.inputs_key(json_copy(bundle), b.DEFAULT_MIRROR)
+    other_model = json_copy(bundle)
+    other_model["files"]["model/m.tflite"]["sha256"] = "3" * 64
+    assert len({key, b.inputs_key(other_model, b.DEFAULT_MIRROR),
+                b.inputs_key(bundle, "http://mirror.example/debian")}) == 3
+
+    images, out = tmp_path / "cache" / "images", tmp_path / "station.img"
+    assert b.from_cache(images, key, out) is None and not out.exists()
+    with open(out, "wb") as f:  # sparse, as an image is
+        f.seek(8 << 20)
+        f.write(b"root")
+    out.with_name("station.img.manifest.json").write_text('{"debian_packages": {}}\n')
+    b.into_cache(images, key, out)
+    again = tmp_path / "again.img"
+    assert b.from_cache(images, key, again) is not None
+    assert again.read_bytes() == out.read_bytes()
+    assert (tmp_path / "again.img.manifest.json").read_text() == '{"debian_packages": {}}\n'
+    time.sleep(0.01)
+    b.into_cache(images, "newer", out)
+    assert sorted(p.name for p in images.iterdir()) == ["newer.img", "newer.img.manifest.json"]
+
+
+def json_copy(value):
+    import json
+
+    return json.loads(json.dumps(value))
