@@ -156,3 +156,23 @@ def json_copy(value):
     import json
 
     return json.loads(json.dumps(value))
+
+
+def test_the_build_log_is_written_as_the_tool_runs(tmp_path):
+    """`tail -f station.img.build.log` shows mmdebstrap's lines as they come, not at the
+    end: a line is in the log while the tool is still running."""
+    import threading
+
+    from edge.image.build import run_step
+
+    log = tmp_path / "build.log"
+    cmd = ["sh", "-c", "echo 'I: first step'; sleep 3; echo 'I: second step'"]
+    worker = threading.Thread(target=run_step, args=("a step", cmd), kwargs={"log": log})
+    worker.start()
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline and "I: first step" not in (
+            log.read_text() if log.exists() else ""):
+        time.sleep(0.05)
+    assert worker.is_alive() and "I: first step" in log.read_text()
+    worker.join()
+    assert log.read_text().splitlines() == ["I: first step", "I: second step"]
