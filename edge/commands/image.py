@@ -20,7 +20,7 @@ BUILD_HELP = (
     "keys are made and the root grows to the card at first boot, which also reads "
     "heartsound.toml from the FAT partition (see heartsound.toml.example there). Needs "
     "root, mmdebstrap and qemu-user-static (scripts/setup.sh). On 2 cores it takes 15-18 "
-    "minutes with a warm package cache and an idle machine, 26 beside the test suite, 34 "
+    "minutes with a warm package cache and an idle machine, 26-28 beside the test suite, 34 "
     "from a cold cache under load (most of it dpkg's scripts under emulation: the initrd, "
     "byte-compiling Python); the first run also downloads about 140 MB of packages "
     "(--mirror: from a mirror of your own). tail -f OUT.build.log follows it.")

@@ -21,13 +21,8 @@ chmod 0440 /etc/sudoers.d/heartsound
 # sees the system's packages for PyAudio alone (python3-pyaudio: PyPI has no aarch64
 # wheel); numpy and the interpreter are the bundle's, installed inside the venv, which
 # comes first. Later deploys keep the venv that way (they read current/pyvenv.cfg).
-# PIP_NO_COMPILE: pip (and ensurepip) leave the .pyc files out. Under qemu-user, byte-
-# compiling pip, numpy and LiteRT took 3 of the build's 26 minutes (measured 2026-12-08);
-# the device writes the ones it imports at the first screening (the release folder
-# belongs to the login that runs the service), and the smoke screening below already
-# imports what screening needs.
 echo "I: heartsound: installing the station under $root (smoke screening included)"
-runuser -u "$user" -- env HOME="$home" USER="$user" LOGNAME="$user" PIP_NO_COMPILE=1 \
+runuser -u "$user" -- env HOME="$home" USER="$user" LOGNAME="$user" \
   python3 "$bundle/install.py" --bundle-dir "$bundle" --root "$root" --system-site-packages
 # The always-on microphone service, enabled: its unit starts only when a capture device is
 # there (ConditionPathExistsGlob), and the udev rule in overlay/ starts it when one is

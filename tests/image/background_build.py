@@ -7,7 +7,6 @@ that test modules import these names from one module that pytest loads once.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -30,8 +29,7 @@ class BackgroundBuild:
         self.log = self.folder / "build.log"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(command(self.image), cwd=REPO, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         preexec_fn=_ahead_of_the_other_tests)
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def wait(self, timeout: float) -> Path:
         """The image once the build has ended; the build's last lines if it failed."""
@@ -50,15 +48,6 @@ class BackgroundBuild:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-#: Niceness of the build (root may lower it): the build and the boot test after it are the
-#: run's longest path, so when the other tests want both cores the build keeps one.
-BUILD_NICE = -5
-
-
-def _ahead_of_the_other_tests() -> None:
-    os.nice(BUILD_NICE)
 
 
 BUILD_KEY = pytest.StashKey[BackgroundBuild]()

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="image build needs root")]
 
 REPO = Path(__file__).resolve().parents[2]
-WAV = "edge/recordings/physionet_a0336_abnormal.wav"
+RECORDINGS = REPO / "edge" / "recordings"  # the bundle's smoke recording is one of these
 BOOT_OFFSET = build.BOOT_START_MIB * build.MIB
 BOOT_TIMEOUT_S = 1200  # TCG on 2 shared cores: "comes up at all"
 GROW_BYTES = 1 << 30
@@ -153,17 +153,26 @@ def test_first_boot_then_ssh_then_the_same_bits_as_the_host(booted):
     assert state.stdout.split() == ["disabled", "enabled", "no", "inactive"], \
         state.stdout + state.stderr
     t0 = time.monotonic()
-    wav = f"{STATION}/current/bundle/smoke/{Path(WAV).name}"
+    smoke = smoke_recording(booted)
+    wav = f"{STATION}/current/bundle/{smoke}"  # the recording the bundle carries
     device = ssh(booted, f"{STATION}/current/bin/heartsound screen --json --no-log {wav}")
     screen_s = time.monotonic() - t0
     assert device.returncode == 0, device.stderr
     host = subprocess.run([sys.executable, "-m", "edge.cli", "screen", "--json", "--no-log",
-                           WAV], cwd=REPO, capture_output=True, text=True, check=True)
+                           str(RECORDINGS / Path(smoke).name)], cwd=REPO,
+                          capture_output=True, text=True, check=True)
     d, h = json.loads(device.stdout), json.loads(host.stdout)
     assert d["probability_abnormal"] == h["probability_abnormal"]
     assert d["windows"] == h["windows"] and d["decision"] == h["decision"]
     print(f"\nemulated boot: first boot done {firstboot_s:.0f} s, SSH login {ssh_s:.0f} s, "
           f"first screening {screen_s:.1f} s")
+
+
+def smoke_recording(booted: dict) -> str:
+    """The bundle's smoke recording (relative to the bundle), from its manifest."""
+    manifest = ssh(booted, f"cat {STATION}/current/bundle/manifest.json")
+    assert manifest.returncode == 0, manifest.stderr
+    return json.loads(manifest.stdout)["smoke"]
 
 
 def microphone_rows(booted: dict) -> list[dict]:
@@ -187,7 +196,7 @@ def test_a_sound_card_starts_the_microphone_service_which_screens_and_logs(boote
     while ssh(booted, "sudo systemctl is-active heartsound-screen").stdout.strip() != "active":
         assert time.monotonic() < deadline, "the service did not start for the sound card"
         time.sleep(2)
-    wav = f"{STATION}/current/bundle/smoke/{Path(WAV).name}"
+    wav = f"{STATION}/current/bundle/{smoke_recording(booted)}"
     play = ssh(booted, "nohup sh -c 'while aplay -q -D plughw:Loopback,1,0 "
                        f"{wav}; do :; done' >/dev/null 2>&1 &")
     assert play.returncode == 0, play.stderr
