@@ -54,8 +54,9 @@ def _treble(pcm: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
 
 
-@pytest.fixture(scope="module")
-def reference(data_root) -> familiarity.Reference:
+def reference_of(data_root: Path) -> familiarity.Reference:
+    """A reference of four PhysioNet databases (N_TRAIN recordings each, N_VAL more for
+    its threshold): what tests that need a model with a familiarity gate build it from."""
     train, val = {}, []
     for db in DATABASES:
         files = _files(data_root, db)
@@ -63,6 +64,11 @@ def reference(data_root) -> familiarity.Reference:
                                              for f in files[:N_TRAIN]])
         val += [familiarity.profile(_frames(_pcm(f))) for f in files[N_TRAIN:N_TRAIN + N_VAL]]
     return familiarity.build_reference(train, np.array(val))
+
+
+@pytest.fixture(scope="module")
+def reference(data_root) -> familiarity.Reference:
+    return reference_of(data_root)
 
 
 @pytest.fixture(scope="module")

@@ -160,32 +160,21 @@ def _unfamiliar(data_root: Path, folder: Path) -> tuple[Path, Path]:
     """(recording, model): a real PhysioNet b recording through another stethoscope's
     response, and the shipped model with a familiarity reference of four databases (as
     tests/test_familiarity.py builds them), which calls it unfamiliar."""
-    import numpy as np
-
-    from edge import familiarity
     from tests.test_familiarity import (
-        DATABASES,
         N_TRAIN,
         N_VAL,
         _files,
-        _frames,
         _model_with,
         _pcm,
         _treble,
+        reference_of,
     )
     from tests.test_screen import _write_wav
 
-    train, val = {}, []
-    for db in DATABASES:
-        files = _files(data_root, db)
-        train[f"physionet-{db}"] = np.array([familiarity.profile(_frames(_pcm(f)))
-                                             for f in files[:N_TRAIN]])
-        val += [familiarity.profile(_frames(_pcm(f))) for f in files[N_TRAIN:N_TRAIN + N_VAL]]
     model = folder / "gate.tflite"
-    model.write_bytes(_model_with(familiarity.build_reference(train, np.array(val)).to_dict()))
+    model.write_bytes(_model_with(reference_of(data_root).to_dict()))
     wav = folder / "other_stethoscope.wav"
-    source = _files(data_root, "b")[N_TRAIN + N_VAL + 2]
-    _write_wav(wav, _treble(_pcm(source)), 2000)
+    _write_wav(wav, _treble(_pcm(_files(data_root, "b")[N_TRAIN + N_VAL + 2])), 2000)
     return wav, model
 
 

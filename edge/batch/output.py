@@ -22,9 +22,15 @@ from typing import IO
 from edge.errors import DeviceError, UsageError
 from edge.screening import ScreeningResult
 
-__all__ = ["CSV_FIELDS", "RowWriter", "done_files", "open_writer", "read_rows"]
+__all__ = ["CSV_FIELDS", "RowWriter", "done_files", "error_row", "open_writer", "read_rows"]
 
 ERROR_FIELDS = ("error", "exit_code")
+
+
+def error_row(file: str, error: str, exit_code: int) -> dict:
+    """The row of a recording that failed, as every screening path prints and writes it."""
+    return {"file": file, "error": error, "exit_code": exit_code}
+
 #: What a row says beside the result: the patient and the time (UTC), as the log does.
 CONTEXT_FIELDS = ("patient_id", "time_utc")
 RESULT_FIELDS = tuple(f.name for f in fields(ScreeningResult))

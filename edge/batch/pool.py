@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.batch.output import error_row
 from edge.errors import DeviceError, HeartsoundError
 
 __all__ = ["Job", "Outcome", "jobs_for", "screen_job", "screen_local"]
@@ -106,7 +107,7 @@ class Outcome:
         """The output row: exactly `heartsound screen FILE --json`'s object, or an error."""
         if self.ok:
             return self.result
-        return {"file": self.name, "error": self.error, "exit_code": self.exit_code}
+        return error_row(self.name, self.error, self.exit_code)
 
 
 def jobs_for(paths: Sequence[str | os.PathLike], *, absolute: bool = False) -> list[Job]:

@@ -125,8 +125,9 @@ def _report_failure(args: argparse.Namespace, path: Path, exc: HeartsoundError) 
     batch screening writes too (one behaviour, with or without --workers)."""
     print(f"heartsound: {exc}", file=sys.stderr, flush=True)
     if args.json:
-        print(json.dumps({"file": str(path), "error": str(exc), "exit_code": exc.exit_code}),
-              flush=True)
+        from edge.batch.output import error_row
+
+        print(json.dumps(error_row(str(path), str(exc), exc.exit_code)), flush=True)
 
 
 @contextlib.contextmanager

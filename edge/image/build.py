@@ -331,6 +331,7 @@ def deb_file(cache: Path, name: str, version: str, arch: str) -> Path:
 def make_manifest(rootdir: Path, cache: Path, bundle: dict, release: str,
                   mirror: str = DEFAULT_MIRROR) -> dict:
     packages = installed_packages(rootdir)
+    main_source, kernel_source = apt_sources(mirror)
     for name, p in packages.items():
         deb = deb_file(cache, name, p["version"], p["architecture"])
         p["deb_sha256"] = sha256_file(deb) if deb.is_file() else None
@@ -339,8 +340,8 @@ def make_manifest(rootdir: Path, cache: Path, bundle: dict, release: str,
         "format": 1,
         "heartsound": bundle["version"],
         "release": release,
-        "inputs": {"suite": SUITE, "architecture": ARCH, "mirror": apt_sources(mirror)[0],
-                   "kernel_mirror": apt_sources(mirror)[1], "variant": VARIANT,
+        "inputs": {"suite": SUITE, "architecture": ARCH, "mirror": main_source,
+                   "kernel_mirror": kernel_source, "variant": VARIANT,
                    "include": list(PACKAGES), "dpkg_options": list(DPKG_OPTS),
                    "source_date_epoch": SOURCE_DATE_EPOCH,
                    "mmdebstrap": _tool_version(["mmdebstrap", "--version"]),
